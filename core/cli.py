@@ -1,0 +1,208 @@
+"""The ``mentor`` command: run, validate, schema, plugins, compare, ui.
+
+User mistakes (a bad file, an unknown plugin, a missing dataset, a corrupt
+checkpoint) end with a located one-line message and exit code 2, never a
+traceback; set MENTOR_DEBUG=1 to see one anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load(path: str, overrides: list[str]):
+    from .config import load_experiment
+    from .plugins import default_plugins
+
+    plugins = default_plugins()
+    return load_experiment(path, overrides, plugins.registry), plugins
+
+
+def cmd_validate(args) -> int:
+    experiment, _ = _load(args.file, args.set)
+    names = ", ".join(f"{s.name} ({s.kind})" for s in experiment.stages)
+    print(f"{args.file}: valid. experiment '{experiment.name}', stages: {names}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run_experiment
+
+    experiment, plugins = _load(args.file, args.set)
+    resume = args.resume is not None
+    run_id = args.resume if args.resume not in (None, "latest") else None
+    try:
+        results = run_experiment(experiment, plugins, resume=resume, resume_run_id=run_id)
+    except KeyboardInterrupt:
+        _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume")
+        return EXIT_INTERRUPTED
+    for name, result in results.items():
+        best = result.metrics.get("best/test/accuracy")
+        last = result.metrics.get("last/test/accuracy")
+        if best is not None:
+            print(f"{name:>20}: test accuracy {last:.4f} (last), {best:.4f} (at best val epoch)")
+    print(f"compare runs with: mentor compare {experiment.tracking.experiment or experiment.name}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .config.jsonschema import experiment_schema
+    from .plugins import default_plugins
+
+    text = json.dumps(experiment_schema(default_plugins().registry), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from .plugins import default_plugins
+
+    plugins = default_plugins()
+    rows = []
+    for c in plugins.registry.all():
+        params = c.params.model_json_schema().get("properties", {})
+        rows.append({
+            "kind": c.kind, "name": c.name, "package": c.package, "plugin": c.plugin,
+            "description": c.description,
+            "params": {k: {"type": v.get("type", v.get("anyOf", "")), "default": v.get("default")}
+                       for k, v in params.items()},
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mentor plugins", show_lines=False)
+    for col in ("kind", "name", "package", "params", "description"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        params = ", ".join(
+            f"{k}={row['params'][k]['default']!r}" if row["params"][k]["default"] is not None else k
+            for k in row["params"]
+        )
+        table.add_row(row["kind"], row["name"], row["package"], params, row["description"])
+    Console(width=max(120, Console().width)).print(table)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .tracking.compare import leaderboard, render
+    from .tracking.store import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    df = leaderboard(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level)
+    print(render(df, args.format))
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from .tracking.store import artifact_root, tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    root = artifact_root(uri)
+    if root:
+        command += ["--default-artifact-root", root]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # pragma: no cover - execv does not return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mentor", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"mentor {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_file(p):
+        p.add_argument("file", help="experiment file (.yaml or .toml)")
+        p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                       help="override a field, e.g. stages[1].epochs=3 (repeatable)")
+
+    p = sub.add_parser("run", help="run an experiment")
+    with_file(p)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
+                   help="continue the last unfinished run of this file (or the given parent run)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check an experiment file without running it")
+    with_file(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="JSON Schema of experiment files (with all plugins)")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plugins", help="list every registered component and its parameters")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("compare", help="leaderboard of an experiment's runs from MLflow")
+    p.add_argument("experiment", help="experiment name (the file's `name:`)")
+    p.add_argument("--metric", default="test/accuracy")
+    p.add_argument("--by", choices=["best", "last"], default="best",
+                   help="best: at the epoch of best validation; last: final epoch")
+    p.add_argument("--level", choices=["stage", "experiment"], default="stage")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on mentor's store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config.errors import ConfigError
+    from .data.types import DataNotFound
+    from .engine.checkpoint import CheckpointError
+    from .pipeline import NothingToResume
+    from .plugins import PluginError
+    from .registry import PluginConflict, UnknownComponent
+
+    args = build_parser().parse_args(argv)
+    debug = bool(os.environ.get("MENTOR_DEBUG"))
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except (PluginError, PluginConflict, UnknownComponent, DataNotFound, CheckpointError,
+            NothingToResume) as exc:
+        if debug:
+            raise
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("\ninterrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an environment problem: say what, keep it short
+        if debug:
+            raise
+        _err(f"error: {type(exc).__name__}: {exc}\n(set MENTOR_DEBUG=1 for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Reading experiment files as data: YAML or TOML, never executing anything.
+
+YAML goes through ``yaml.safe_load`` (no object tags) and ``yaml.compose``
+for line numbers; TOML through ``tomllib``. Overrides from ``--set`` are
+applied to the raw data before validation.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, Problem
+
+
+@dataclass
+class Document:
+    """An experiment file's raw data, with a way back to its lines."""
+
+    source: str
+    data: dict[str, Any]
+    root: yaml.Node | None = None  # YAML node tree, for line numbers
+    overridden: list[tuple[str | int, ...]] = field(default_factory=list)
+
+    def locate(self, path: Sequence[str | int]) -> tuple[str, int | None, int | None]:
+        """The source and 1-based line/column of the deepest node on ``path``."""
+        for over in self.overridden:
+            if tuple(path[: len(over)]) == over:
+                return "--set", None, None
+        node, mark = self.root, None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+                if match is None:
+                    break
+                mark, node = match[0].start_mark, match[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    break
+                node = node.value[part]
+                mark = node.start_mark
+            else:
+                break
+        if mark is None and self.root is not None:
+            mark = self.root.start_mark
+        if mark is None:
+            return self.source, None, None
+        return self.source, mark.line + 1, mark.column + 1
+
+
+def read_document(path: str | Path) -> Document:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError([Problem(source, "", "no such file")])
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([Problem(source, "", f"invalid TOML: {exc}")]) from None
+        doc = Document(source, data)
+    else:
+        try:
+            data = yaml.safe_load(text)
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            col = mark.column + 1 if mark else None
+            msg = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+            raise ConfigError([Problem(source, "", f"invalid YAML: {msg}", line, col)]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([Problem(source, "", f"invalid YAML: {exc}")]) from None
+        doc = Document(source, data, root)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([Problem(source, "", "the file must hold a mapping (key: value) at its top")])
+    return doc
+
+
+def parse_path(text: str) -> tuple[str | int, ...]:
+    """'stages[1].losses.0.params.temperature' -> ('stages', 1, 'losses', 0, 'params', 'temperature')."""
+    parts: list[str | int] = []
+    for chunk in text.replace("]", "").replace("[", ".").split("."):
+        if chunk == "":
+            raise ValueError(f"empty segment in path '{text}'")
+        parts.append(int(chunk) if chunk.lstrip("-").isdigit() else chunk)
+    return tuple(parts)
+
+
+def apply_overrides(doc: Document, overrides: Sequence[str]) -> None:
+    """Apply ``path=value`` overrides in place; values are parsed as YAML scalars/lists."""
+    problems = []
+    for item in overrides:
+        key, sep, raw_value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(Problem("--set", "", f"'{item}': expected PATH=VALUE"))
+            continue
+        try:
+            path = parse_path(key.strip())
+            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+            set_path(doc.data, path, value)
+        except (ValueError, yaml.YAMLError) as exc:
+            problems.append(Problem("--set", key.strip(), str(exc)))
+            continue
+        doc.overridden.append(path)
+    if problems:
+        raise ConfigError(problems)
+
+
+def set_path(data: Any, path: Sequence[str | int], value: Any) -> None:
+    node = data
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        where = ".".join(map(str, path[: depth + 1]))
+        if isinstance(node, list):
+            if not isinstance(part, int):
+                raise ValueError(f"'{where}': expected a list index")
+            if not -len(node) <= part < len(node):
+                raise ValueError(f"'{where}': index out of range (the list has {len(node)} items)")
+        elif isinstance(node, dict):
+            if isinstance(part, int):
+                part = str(part)
+            if not last and part not in node:
+                node[part] = {}
+        else:
+            raise ValueError(f"'{where}': cannot descend into a {type(node).__name__}")
+        if last:
+            node[part] = value
+        else:
+            node = node[part]

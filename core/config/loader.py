@@ -1,0 +1,256 @@
+"""From a file to a validated experiment, with every error located.
+
+Validation runs in two passes so that each part is checked by its owner:
+1. pydantic validates the file against the experiment model, whose stage
+   union is built from the registered methods;
+2. each component's ``params`` is validated by that component's own model,
+   references between models and stages are checked, and stage names filled in.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from ..registry import Registry, unknown_name_message
+from .document import Document, apply_overrides, read_document
+from .errors import ConfigError, Problem, dotted
+from .schema import ComponentSpec, ExperimentBase, Ref, StageConfig
+
+
+def experiment_model(registry: Registry) -> type[ExperimentBase]:
+    """The experiment model for this set of plugins (stage kinds from methods)."""
+    cached = getattr(registry, "_experiment_model", None)
+    if cached is None:
+        stage_models = []
+        for name in registry.names("method"):
+            config = registry.get("method", name).params
+            if not (isinstance(config, type) and issubclass(config, StageConfig)):
+                raise TypeError(f"method '{name}': its params model must subclass mentor.StageConfig")
+            stage_models.append(
+                create_model(
+                    f"{config.__name__}",
+                    __base__=config,
+                    __doc__=config.__doc__,
+                    kind=(Literal[name], Field(description=registry.get("method", name).description)),
+                )
+            )
+        if not stage_models:
+            raise TypeError("no stage kinds are registered: is mentor installed correctly?")
+        stage = (
+            stage_models[0]
+            if len(stage_models) == 1
+            else typing.Annotated[functools.reduce(operator.or_, stage_models), Field(discriminator="kind")]
+        )
+        cached = registry._experiment_model = create_model(
+            "Experiment",
+            __base__=ExperimentBase,
+            __doc__=ExperimentBase.__doc__,
+            stages=(list[stage], Field(min_length=1)),
+        )
+    return cached
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None):
+    """Read, override, validate and resolve an experiment file; raise ConfigError."""
+    doc = read_document(path)
+    apply_overrides(doc, overrides)
+    return validate_document(doc, registry)
+
+
+def validate_document(doc: Document, registry: Registry | None = None):
+    if registry is None:
+        from ..plugins import default_plugins
+
+        registry = default_plugins().registry
+    model = experiment_model(registry)
+    try:
+        experiment = model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError([_problem(doc, err, registry, model) for err in exc.errors()]) from None
+    problems = resolve(experiment, registry, doc)
+    if problems:
+        raise ConfigError(problems)
+    return experiment
+
+
+# --- pass 1: pydantic errors, mapped back to the file ----------------------------
+
+
+def _clean_location(doc: Document, loc: Sequence[str | int]) -> list[str | int]:
+    """Drop the segments pydantic adds (union tags, validator names) that the file lacks."""
+    clean: list[str | int] = []
+    node: Any = doc.data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node:
+            if part in (node.get("kind"), node.get("name")) or "[" in part:
+                continue  # a discriminator tag or validator label, not a key in the file
+        elif isinstance(node, list) and not isinstance(part, int):
+            continue
+        clean.append(part)
+        if isinstance(node, dict):
+            node = node.get(part if not isinstance(part, int) else str(part))
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return clean
+
+
+def _problem(doc: Document, err: dict, registry: Registry, model: type[BaseModel]) -> Problem:
+    loc = _clean_location(doc, err["loc"])
+    message = err["msg"]
+    if err["type"] == "union_tag_invalid":
+        message = unknown_name_message("stage kind", err["ctx"]["tag"], registry.names("method"))
+    elif err["type"] == "union_tag_not_found":
+        message = f"a stage needs a 'kind' (one of: {', '.join(registry.names('method'))})"
+    elif err["type"] == "literal_error" and loc and loc[-1] == "kind":
+        message = unknown_name_message("stage kind", err["input"], registry.names("method"))
+    elif err["type"] == "extra_forbidden" and loc:
+        allowed = _fields_at(model, loc[:-1], doc.data)
+        message = unknown_name_message("field", loc[-1], allowed) if allowed else "unknown field"
+    source, line, col = doc.locate(loc)
+    return Problem(source, dotted(loc), message, line, col)
+
+
+def _fields_at(model: type[BaseModel], path: Sequence[str | int], data: Any) -> list[str]:
+    """The field names allowed at ``path`` (for a did-you-mean on unknown keys)."""
+    tp: Any = model
+    node = data
+    for part in path:
+        tp = _concrete(tp, node)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if part not in tp.model_fields:
+                return []
+            tp = tp.model_fields[part].annotation
+        elif typing.get_origin(tp) in (list, tuple):
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return []
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+    tp = _concrete(tp, node)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _has(node: dict | list, part: str | int) -> bool:
+    return part in node if isinstance(node, dict) else isinstance(part, int) and part < len(node)
+
+
+def _concrete(tp: Any, node: Any) -> Any:
+    """Strip Annotated/Optional; pick a union member by the node's ``kind``."""
+    while True:
+        if typing.get_origin(tp) is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            kind = node.get("kind") if isinstance(node, dict) else None
+            for member in members:
+                field = getattr(member, "model_fields", {}).get("kind")
+                if field is not None and kind in typing.get_args(field.annotation):
+                    return member
+            return None
+        return tp
+
+
+# --- pass 2: components, references, names ---------------------------------------
+
+
+def _specs(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, ComponentSpec]]:
+    """Every ComponentSpec in a validated config, with its location."""
+    if isinstance(obj, ComponentSpec):
+        yield path, obj
+    if isinstance(obj, BaseModel):
+        for name in type(obj).model_fields:
+            yield from _specs(getattr(obj, name), path + (name,))
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            yield from _specs(item, path + (i,))
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from _specs(item, path + (key,))
+
+
+def _refs(stage: BaseModel) -> Iterator[tuple[str, Ref, str | int | None, str]]:
+    """(field, Ref, index-in-list or None, value) for a stage's reference fields."""
+    for name, info in type(stage).model_fields.items():
+        ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
+        if ref is None:
+            ref = _ref_in(info.annotation)
+        if ref is None:
+            continue
+        value = getattr(stage, name)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                yield name, ref, i, item
+        else:
+            yield name, ref, None, value
+
+
+def _ref_in(annotation: Any) -> Ref | None:
+    """Find a Ref inside Optional[...] / list[...] annotations."""
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is typing.Annotated:
+            ref = next((m for m in arg.__metadata__ if isinstance(m, Ref)), None)
+            if ref:
+                return ref
+        found = _ref_in(arg)
+        if found:
+            return found
+    return None
+
+
+def resolve(experiment, registry: Registry, doc: Document | None = None) -> list[Problem]:
+    """Validate params with each component's model; check references; name stages."""
+    problems: list[Problem] = []
+
+    def report(path: Sequence[str | int], message: str):
+        source, line, col = doc.locate(path) if doc else ("<config>", None, None)
+        problems.append(Problem(source, dotted(path), message, line, col))
+
+    for path, spec in _specs(experiment):
+        name = spec.component_name
+        table = registry.components[spec.kind]
+        if name not in table:
+            report(path + (spec.name_field,), unknown_name_message(spec.kind.replace("_", " "), name, list(table)))
+            continue
+        try:
+            spec.params = table[name].params.model_validate(spec.params).model_dump()
+        except ValidationError as exc:
+            for err in exc.errors():
+                report(path + ("params",) + tuple(err["loc"]), err["msg"])
+
+    seen: dict[str, int] = {}
+    kinds = [stage.kind for stage in experiment.stages]
+    for i, stage in enumerate(experiment.stages):
+        if stage.name is None:
+            stage.name = stage.kind if kinds.count(stage.kind) == 1 else f"{stage.kind}_{i}"
+        if stage.name in seen:
+            report(("stages", i, "name"), f"stage name '{stage.name}' is already used by stages[{seen[stage.name]}]")
+        seen.setdefault(stage.name, i)
+        for field, ref, index, value in _refs(stage):
+            where = ("stages", i, field) + ((index,) if index is not None else ())
+            if ref.target == "model" and value not in experiment.models:
+                report(where, unknown_name_message("model", value, list(experiment.models)))
+            elif ref.target == "stage" and value not in seen:
+                earlier = [s.name for s in experiment.stages[:i]]
+                report(where, unknown_name_message("earlier stage", value, earlier))
+            elif ref.target == "stage" and seen[value] == i:
+                report(where, "a stage cannot refer to itself")
+    return problems

@@ -1,0 +1,178 @@
+"""The experiment file's shape, as pydantic models.
+
+The fixed part lives here. The parts that plugins extend (stage kinds and
+every component's ``params``) are resolved against the loaded plugins in
+``loader.py``: stage kinds become a discriminated union built at load time,
+and each ``params`` block is validated by its component's own model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- references between parts of a file -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Marks a string field as naming another part of the experiment."""
+
+    target: Literal["model", "stage"]
+
+
+ModelKey = Annotated[str, Ref("model")]
+"""A key of the experiment's ``models:`` mapping."""
+
+StageName = Annotated[str, Ref("stage")]
+"""The name of an earlier stage, standing for the model it trained."""
+
+
+# --- components chosen by name ------------------------------------------------------
+
+
+class ComponentSpec(Strict):
+    """A plugin component chosen by ``name`` with its ``params``.
+
+    ``params`` stays a mapping here; the loader validates it with the
+    component's own model and stores the result (defaults filled in).
+    """
+
+    kind: ClassVar[str]
+    name_field: ClassVar[str] = "name"
+
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def component_name(self) -> str:
+        return getattr(self, self.name_field)
+
+
+class ModelSpec(ComponentSpec):
+    name: str
+    kind: ClassVar[str] = "model"
+    checkpoint: str | None = Field(
+        default=None, description="start from these weights (a state_dict .pt file)"
+    )
+
+
+class LossSpec(ComponentSpec):
+    name: str
+    kind: ClassVar[str] = "loss"
+    weight: float = Field(default=1.0, ge=0, description="the term's weight in the total loss")
+
+
+class SelectionSpec(ComponentSpec):
+    name: str
+    kind: ClassVar[str] = "selection"
+
+
+class AugmentConfig(Strict):
+    """Augmentation applied to training batches (per sample, on the device)."""
+
+    crop_padding: int = Field(default=0, ge=0, description="random crop after zero padding")
+    flip: bool = Field(default=False, description="random horizontal flip")
+
+
+class DataConfig(ComponentSpec):
+    kind: ClassVar[str] = "data_source"
+    name_field: ClassVar[str] = "source"
+
+    source: str = Field(description="a registered data source (see `mentor plugins`)")
+    val_size: int = Field(default=5000, ge=0, description="validation rows held out of train")
+    labeled_per_class: int | None = Field(
+        default=None, ge=1, description="labeled rows per class; the rest is unlabeled"
+    )
+    test_size: int | None = Field(default=None, ge=1, description="evaluate on a test subset")
+    split_seed: int = Field(default=0, description="seed of the val/labeled/unlabeled split")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+# --- training ------------------------------------------------------------------------
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd only")
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0)
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="adamw only")
+
+
+class ScheduleConfig(Strict):
+    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=0, ge=0, description="linear warm-up from 0")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs")
+    gamma: float = Field(default=0.1, gt=0, description="multistep: factor at each milestone")
+    min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
+
+
+class StageConfig(Strict):
+    """Fields every stage has. Methods subclass it; the core adds ``kind``."""
+
+    name: str | None = Field(default=None, description="defaults to '<kind>' or '<kind>_<i>'")
+    seed: int | None = Field(default=None, description="defaults to the experiment's seed")
+
+
+class TrainingStageConfig(StageConfig):
+    """A stage that runs the shared training loop."""
+
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=1024, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    augment: AugmentConfig | None = Field(default=None, description="defaults to data.augment")
+    train_subset: int | None = Field(
+        default=None, ge=1, description="train on a class-balanced subset of this many rows"
+    )
+    select_on: str = Field(default="val/accuracy", description="metric that picks the best epoch")
+
+
+# --- the whole file ------------------------------------------------------------------
+
+
+class EngineConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
+    channels_last: bool | None = Field(default=None, description="default: on for CUDA")
+    compile: bool = False
+    deterministic: bool = Field(default=True, description="deterministic kernels on CPU")
+    progress: Literal["auto", "bar", "plain", "none"] = "auto"
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db",
+    )
+    experiment: str | None = Field(default=None, description="MLflow experiment; default: name")
+    checkpoint_dir: str = Field(default="mlruns/checkpoints", description="local resume state")
+    log_model: bool = Field(default=True, description="log the final model as an MLflow model")
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ExperimentBase(Strict):
+    """The experiment file. ``stages`` is typed by the loader from the plugins."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    stages: list[Any] = Field(min_length=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)

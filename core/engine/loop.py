@@ -1,0 +1,218 @@
+"""The one training loop. A method supplies a ``TrainTask``; this runs it.
+
+Read top to bottom: set up optimizer, schedule and batches; resume from the
+stage's checkpoint if there is one; then per epoch: train, evaluate on val and
+test, checkpoint atomically, report. Every source of randomness in epoch e is
+seeded from (stage seed, e), so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..config.schema import AugmentConfig, TrainingStageConfig
+from ..data.augment import BatchAugment
+from ..data.loader import Batches
+from ..data.types import DataInfo, ImageSet
+from . import checkpoint
+from .optim import build_optimizer, build_scheduler
+from .progress import Progress
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class TrainTask:
+    """What a method hands the loop.
+
+    ``step(x, y)`` returns the loss to minimise and extra per-batch metrics
+    (tensors; averaged over the epoch, logged under ``train/``). ``model`` is
+    trained, evaluated and exported; ``extra`` modules (regressors, heads)
+    are trained and checkpointed with it but not exported; ``frozen`` ones
+    (teachers) are kept in eval mode on the device.
+    """
+
+    model: nn.Module
+    step: StepFn
+    data: ImageSet
+    extra: dict[str, nn.Module] = field(default_factory=dict)
+    frozen: dict[str, nn.Module] = field(default_factory=dict)
+
+
+@dataclass
+class Runtime:
+    """Where and how a stage runs (from the experiment's engine settings)."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    compile: bool
+    progress: str
+
+
+class Reporter(Protocol):
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best: dict[str, float]
+    last: dict[str, float]
+
+
+def seed_for(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % (2**31)
+
+
+def autocast(runtime: Runtime):
+    if runtime.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` over ``batches``."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=runtime.device)
+    loss_sum = torch.zeros((), device=runtime.device)
+    count = 0
+    for x, y in batches.epoch(0):
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(runtime):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    model.train(was_training)
+    if count == 0:
+        return {}
+    return {"accuracy": correct.item() / count, "loss": loss_sum.item() / count}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, predicted classes) over ``batches``, on the CPU."""
+    model.eval()
+    ys, ps = [], []
+    for x, y in batches.epoch(0):
+        with autocast(runtime):
+            ps.append(model(x).argmax(1).cpu())
+        ys.append(y.cpu())
+    return torch.cat(ys), torch.cat(ps)
+
+
+def fit(
+    task: TrainTask,
+    cfg: TrainingStageConfig,
+    *,
+    stage: str,
+    seed: int,
+    info: DataInfo,
+    eval_sets: dict[str, ImageSet],
+    augment: AugmentConfig,
+    runtime: Runtime,
+    checkpoint_path: Path,
+    report: Callable[[int, dict[str, float]], None],
+) -> FitResult:
+    device = runtime.device
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    for module in [task.model, *task.extra.values(), *task.frozen.values()]:
+        module.to(device=device, memory_format=memory_format)
+    for module in task.frozen.values():
+        module.eval().requires_grad_(False)
+
+    trainable = [task.model, *task.extra.values()]
+    params = [p for m in trainable for p in m.parameters()]
+    optimizer = build_optimizer(params, cfg.optimizer, device)
+    train = Batches(
+        task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size,
+        mean=info.mean, std=info.std, device=device, seed=seed,
+        augment=BatchAugment(augment.crop_padding, augment.flip),
+    )
+    evals = {
+        name: Batches(data, cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device)
+        for name, data in eval_sets.items()
+        if len(data) > 0
+    }
+    scheduler = build_scheduler(optimizer, cfg.schedule, len(train), cfg.epochs, cfg.optimizer.lr)
+    step_fn = torch.compile(task.step) if runtime.compile else task.step
+
+    start, history, best = 0, [], {}
+    if checkpoint_path.is_file():
+        state = checkpoint.load(checkpoint_path)
+        checkpoint.load_weights(task.model, state["model"], str(checkpoint_path))
+        for name, module in task.extra.items():
+            checkpoint.load_weights(module, state["extra"][name], f"{checkpoint_path} (extra {name})")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history, best = state["epoch"], state["history"], state["best"]
+
+    progress = Progress(runtime.progress, stage, cfg.epochs, len(train))
+    try:
+        for epoch in range(start, cfg.epochs):
+            torch.manual_seed(seed_for(seed, epoch))  # dropout and any other global draws
+            for module in trainable:
+                module.train()
+            progress.start_epoch(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            batches, seen = 0, 0
+            t0 = time.perf_counter()
+            for x, y in train.epoch(epoch):
+                if runtime.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(runtime):
+                    loss, extra = step_fn(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                for key, value in {"loss": loss, **extra}.items():
+                    value = value.detach().float()
+                    sums[key] = sums[key] + value if key in sums else value
+                batches += 1
+                seen += len(y)
+                progress.advance()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+            metrics = {f"train/{k}": v.item() / max(batches, 1) for k, v in sums.items()}
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            metrics["throughput"] = seen / max(elapsed, 1e-9)
+            for name, batches_ in evals.items():
+                for key, value in evaluate(task.model, batches_, runtime).items():
+                    metrics[f"{name}/{key}"] = value
+            metrics["epoch"] = epoch
+            history.append(metrics)
+            if cfg.select_on in metrics and (not best or metrics[cfg.select_on] > best[cfg.select_on]):
+                best = dict(metrics)
+            elif cfg.select_on not in metrics:
+                best = dict(metrics)  # nothing to select on (no val set): best is last
+            checkpoint.save_atomic(
+                {
+                    "model": task.model.state_dict(),
+                    "extra": {k: m.state_dict() for k, m in task.extra.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "best": best,
+                },
+                checkpoint_path,
+            )
+            progress.end_epoch(epoch, metrics)
+            report(epoch, metrics)
+    finally:
+        progress.close()
+    return FitResult(history=history, best=best, last=history[-1] if history else {})

@@ -1,0 +1,108 @@
+"""What plugins registered: components by kind and name, with their origin."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+KINDS = ("model", "loss", "data_source", "selection", "method")
+
+
+class Params(BaseModel):
+    """Base for a component's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(Params):
+    """For components that take no parameters."""
+
+
+class PluginConflict(Exception):
+    """Two plugins registered the same component name."""
+
+
+class UnknownComponent(KeyError):
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, known
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return unknown_name_message(self.kind.replace("_", " "), self.name, self.known)
+
+
+def unknown_name_message(what: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown {what} '{name}'{hint} (known: {', '.join(sorted(known)) or 'none'})"
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: type[BaseModel]
+    description: str
+    plugin: str  # the plugin module's registered name
+    package: str  # the distribution that ships it ("mentor" for built-ins)
+
+    def build(self, *args, **params):
+        """Validate ``params`` with the component's model and call its factory."""
+        values = self.params.model_validate(params).model_dump()
+        return self.factory(*args, **values)
+
+
+@dataclass
+class Registry:
+    """Components from every loaded plugin, by kind then name."""
+
+    components: dict[str, dict[str, Component]] = field(
+        default_factory=lambda: {k: {} for k in KINDS}
+    )
+
+    def add(self, component: Component) -> None:
+        table = self.components[component.kind]
+        other = table.get(component.name)
+        if other is not None:
+            raise PluginConflict(
+                f"{component.kind.replace('_', ' ')} '{component.name}' is registered twice: "
+                f"by package '{other.package}' (plugin {other.plugin}) and by package "
+                f"'{component.package}' (plugin {component.plugin}). Uninstall one of them."
+            )
+        table[component.name] = component
+
+    def get(self, kind: str, name: str) -> Component:
+        table = self.components[kind]
+        if name not in table:
+            raise UnknownComponent(kind, name, list(table))
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def all(self) -> list[Component]:
+        return [c for kind in KINDS for c in self.components[kind].values()]
+
+    def registrar(self, kind: str, plugin: str, package: str) -> Callable[..., None]:
+        """The ``register`` callback handed to one plugin's registration hook."""
+
+        def register(name: str, factory: Callable[..., Any], params: type[BaseModel] | None = None,
+                     description: str | None = None) -> None:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"plugin {plugin}: component names must be non-empty strings")
+            if params is None:
+                params = NoParams
+            if not (inspect.isclass(params) and issubclass(params, BaseModel)):
+                raise TypeError(f"plugin {plugin}: params for '{name}' must be a pydantic model class")
+            if description is None:
+                doc = inspect.getdoc(factory) or ""
+                description = doc.splitlines()[0] if doc else ""
+            self.add(Component(kind, name, factory, params, description, plugin, package))
+
+        return register

@@ -1,0 +1,346 @@
+"""Leaderboards over an MLflow experiment, built with polars.
+
+``runs_table`` flattens every run of an experiment into one row (ids, mentor tags, status,
+timing, the latest value of every metric); ``leaderboard`` ranks stage runs (or whole
+``mentor run`` parents) by a metric; ``render`` turns either into text, CSV or JSON.
+
+Runs are read as MLflow ``Run`` objects through ``MlflowClient.search_runs`` with
+pagination; pandas is never involved.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import io
+import math
+from typing import Any
+
+import mlflow
+import polars as pl
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+__all__ = ["leaderboard", "render", "runs_table"]
+
+#: Tag names mentor writes on its runs.
+TAG_KIND = "mentor.kind"
+TAG_STAGE = "mentor.stage"
+TAG_METHOD = "mentor.method"
+TAG_MODEL = "mentor.model"
+TAG_PARENT = "mlflow.parentRunId"
+
+#: The fixed leading columns of :func:`runs_table`, with their polars types.
+BASE_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "parent_run_id": pl.String(),
+    "run_name": pl.String(),
+    "kind": pl.String(),
+    "stage": pl.String(),
+    "method": pl.String(),
+    "model": pl.String(),
+    "status": pl.String(),
+    "start_time": pl.Datetime("us", "UTC"),
+    "duration_s": pl.Float64(),
+}
+
+#: Summary metrics shown next to the ranked value when a stage run logged them.
+SUMMARY_COLUMNS = ("best/val/accuracy", "best/test/accuracy", "last/test/accuracy")
+
+_BY = ("best", "last")
+_LEVELS = ("stage", "experiment")
+_FORMATS = ("table", "csv", "json")
+_PAGE_SIZE = 1000
+
+
+# --------------------------------------------------------------------------- MLflow access
+
+
+def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def _experiment_names(client: MlflowClient) -> list[str]:
+    names: list[str] = []
+    token: str | None = None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=_PAGE_SIZE,
+                                         page_token=token)
+        names.extend(e.name for e in page)
+        token = page.token
+        if not token:
+            return names
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage != "deleted":
+        return exp.experiment_id
+    known = sorted(_experiment_names(client))
+    message = f"no MLflow experiment named {name!r} in {uri}; known: "
+    message += ", ".join(repr(k) for k in known) if known else "(none)"
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    raise ValueError(message)
+
+
+def _search_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=_PAGE_SIZE, order_by=["attributes.start_time ASC"],
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _ms_to_datetime(ms: int | None) -> dt.datetime | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.UTC)
+
+
+def _metric_column(name: str) -> str:
+    # a metric may not shadow a fixed column
+    return f"metrics.{name}" if name in BASE_SCHEMA else name
+
+
+# --------------------------------------------------------------------------- runs_table
+
+
+def runs_table(experiment: str, tracking_uri: str | None = None) -> pl.DataFrame:
+    """Every (non-deleted) run of an MLflow experiment, one row each, oldest first.
+
+    Columns: ``run_id, parent_run_id, run_name, kind, stage, method, model, status,
+    start_time`` (UTC datetime), ``duration_s`` (None while running), then one Float64
+    column per metric name (sorted), holding the run's latest value of that metric.
+    Raises ValueError (with a did-you-mean) for an unknown experiment.
+    """
+    client, uri = _client(tracking_uri)
+    runs = _search_runs(client, _experiment_id(client, experiment, uri))
+
+    metric_names = sorted({key for run in runs for key in run.data.metrics})
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        info, tags = run.info, run.data.tags
+        start, end = info.start_time, info.end_time
+        row: dict[str, Any] = {
+            "run_id": info.run_id,
+            "parent_run_id": tags.get(TAG_PARENT),
+            "run_name": info.run_name,
+            "kind": tags.get(TAG_KIND),
+            "stage": tags.get(TAG_STAGE),
+            "method": tags.get(TAG_METHOD),
+            "model": tags.get(TAG_MODEL),
+            "status": info.status,
+            "start_time": _ms_to_datetime(start),
+            "duration_s": (end - start) / 1000.0 if start is not None and end else None,
+        }
+        for name in metric_names:
+            value = run.data.metrics.get(name)
+            row[_metric_column(name)] = None if value is None else float(value)
+        rows.append(row)
+
+    schema = dict(BASE_SCHEMA)
+    schema.update({_metric_column(name): pl.Float64() for name in metric_names})
+    return pl.DataFrame(rows, schema=schema)
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
+def _metric_keys(metric: str, by: str) -> tuple[str, str | None]:
+    """The summary metric to rank by and the plain metric to fall back on."""
+    head, _, rest = metric.partition("/")
+    if head in _BY and rest:  # already a summary name, e.g. "best/test/accuracy"
+        return metric, rest
+    return f"{by}/{metric}", metric
+
+
+def _present(df: pl.DataFrame, column: str | None) -> bool:
+    return column is not None and column in df.columns and df[column].null_count() < df.height
+
+
+def _available_metrics(table: pl.DataFrame, rows: pl.DataFrame) -> list[str]:
+    return [c for c in table.columns[len(BASE_SCHEMA):] if _present(rows, c)]
+
+
+def _stage_order(stages: pl.DataFrame) -> list[str]:
+    ordered = stages.filter(pl.col("stage").is_not_null()).sort("start_time", nulls_last=True)
+    return ordered["stage"].unique(maintain_order=True).to_list()
+
+
+def _empty_stage_board(table: pl.DataFrame) -> pl.DataFrame:
+    schema = {"rank": pl.UInt32(), "stage": pl.String(), "method": pl.String(),
+              "model": pl.String(), "value": pl.Float64(), "status": pl.String(),
+              "run_id": pl.String(), "parent_run_id": pl.String(),
+              "parent_run_name": pl.String(), "parent": pl.String(),
+              "start_time": BASE_SCHEMA["start_time"]}
+    return pl.DataFrame(schema=schema)
+
+
+def leaderboard(experiment: str, *, metric: str = "test/accuracy", by: str = "best",
+                tracking_uri: str | None = None, level: str = "stage") -> pl.DataFrame:
+    """Rank the runs of an experiment by ``<by>/<metric>`` (e.g. ``best/test/accuracy``).
+
+    For a stage run lacking the summary metric, the latest value of ``<metric>`` is used.
+    ``metric`` may also be a full summary name (``"last/val/accuracy"``), then ``by`` is
+    ignored.
+
+    ``level="stage"``: one row per stage run (tag ``mentor.kind=stage``), best first, with
+    columns ``rank, stage, method, model, value``, the summary columns
+    ``best/val/accuracy, best/test/accuracy, last/test/accuracy`` when logged, then
+    ``status, run_id, parent_run_id, parent_run_name, parent`` (short id + name) and
+    ``start_time``. Rows without a value come last, with a null rank.
+
+    ``level="experiment"``: one row per parent of stage runs (a ``mentor run``, or a sweep
+    trial), with ``rank, run_name, value``, one column per stage name holding that stage's
+    value (stages in the order they ran), then ``kind, status, run_id, start_time``.
+    ``value``, which orders the rows, is the value of the parent's last stage (the
+    student, in a teacher-student pipeline).
+    """
+    if by not in _BY:
+        raise ValueError(f"by must be one of {_BY}, got {by!r}")
+    if level not in _LEVELS:
+        raise ValueError(f"level must be one of {_LEVELS}, got {level!r}")
+    table = runs_table(experiment, tracking_uri)
+    stages = table.filter(pl.col("kind") == "stage")
+    if stages.is_empty():
+        if level == "stage":
+            return _empty_stage_board(table)
+        return pl.DataFrame(schema={"rank": pl.UInt32(), "run_name": pl.String(),
+                                    "value": pl.Float64(), "kind": pl.String(),
+                                    "status": pl.String(), "run_id": pl.String(),
+                                    "start_time": BASE_SCHEMA["start_time"]})
+
+    primary, fallback = _metric_keys(metric, by)
+    sources = [c for c in (primary, fallback) if _present(stages, c)]
+    if not sources:
+        available = _available_metrics(table, stages)
+        message = (f"metric {metric!r} (looked for {primary!r}"
+                   + (f" and {fallback!r}" if fallback else "")
+                   + f") was not logged by any stage run of experiment {experiment!r}; "
+                   + "available: " + (", ".join(available) if available else "(none)"))
+        close = difflib.get_close_matches(metric, available, n=1) or difflib.get_close_matches(
+            primary, available, n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        raise ValueError(message)
+    stages = stages.with_columns(
+        pl.coalesce([pl.col(c) for c in sources]).alias("value"))
+
+    if level == "experiment":
+        return _experiment_board(table, stages)
+
+    parents = table.select(pl.col("run_id").alias("parent_run_id"),
+                           pl.col("run_name").alias("parent_run_name"))
+    board = (
+        stages.join(parents, on="parent_run_id", how="left")
+        .sort(["value", "start_time"], descending=[True, False], nulls_last=True)
+        .with_columns(
+            pl.when(pl.col("value").is_not_null())
+            .then(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32))
+            .alias("rank"),
+            pl.when(pl.col("parent_run_id").is_not_null())
+            .then(pl.concat_str([pl.col("parent_run_id").str.slice(0, 8),
+                                 pl.col("parent_run_name").fill_null("")], separator=" ")
+                  .str.strip_chars())
+            .alias("parent"),
+        )
+    )
+    extras = [c for c in SUMMARY_COLUMNS if _present(stages, c)]
+    columns = ["rank", "stage", "method", "model", "value", *extras, "status", "run_id",
+               "parent_run_id", "parent_run_name", "parent", "start_time"]
+    return board.select(columns)
+
+
+def _experiment_board(table: pl.DataFrame, stages: pl.DataFrame) -> pl.DataFrame:
+    stages = stages.filter(pl.col("parent_run_id").is_not_null())
+    parents = (
+        table.filter(pl.col("run_id").is_in(stages["parent_run_id"].unique().to_list()))
+        .select("run_id", "run_name", "kind", "status", "start_time")
+    )
+    # the value of each parent's last stage (by start time) orders the board
+    final = (
+        stages.sort("start_time", nulls_last=True)
+        .group_by("parent_run_id", maintain_order=True)
+        .agg(pl.col("value").last())
+        .rename({"parent_run_id": "run_id"})
+    )
+    order = _stage_order(stages)
+    reserved = {"rank", "run_name", "value", "kind", "status", "run_id", "start_time"}
+    names = {s: (f"stage:{s}" if s in reserved else s) for s in order}
+    per_stage = (
+        stages.filter(pl.col("stage").is_not_null())
+        .group_by("parent_run_id", "stage")
+        .agg(pl.col("value").max())
+        .pivot(on="stage", index="parent_run_id", values="value")
+        .rename({"parent_run_id": "run_id", **names}, strict=False)
+    )
+    stage_columns = [names[s] for s in order if names[s] in per_stage.columns]
+
+    board = (
+        parents.join(final, on="run_id", how="left")
+        .join(per_stage, on="run_id", how="left")
+        .sort(["value", "start_time"], descending=[True, False], nulls_last=True)
+        .with_columns(
+            pl.when(pl.col("value").is_not_null())
+            .then(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32))
+            .alias("rank"))
+    )
+    return board.select("rank", "run_name", "value", *stage_columns, "kind", "status",
+                        "run_id", "start_time")
+
+
+# --------------------------------------------------------------------------- render
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _render_table(df: pl.DataFrame) -> str:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    if not df.columns:
+        return ""
+    cells = [[_cell(v) for v in row] for row in df.iter_rows()]
+    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in
+              enumerate(df.columns)]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for name, dtype in zip(df.columns, df.dtypes, strict=True):
+        # (overflow="ignore" would break right-justification; the console is wide enough)
+        table.add_column(name, justify="right" if dtype.is_numeric() else "left", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    width = sum(widths) + 3 * len(widths) + 4
+    console = Console(file=io.StringIO(), record=True, width=max(width, 40), color_system=None,
+                      force_terminal=False, force_jupyter=False, force_interactive=False)
+    console.print(table)
+    text = console.export_text(styles=False)
+    return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n") + "\n"
+
+
+def render(df: pl.DataFrame, fmt: str = "table") -> str:
+    """Text for a table: ``"table"`` (aligned plain text, floats to 4 decimals, all rows),
+    ``"csv"`` (full precision) or ``"json"`` (a list of row objects)."""
+    if fmt == "table":
+        return _render_table(df)
+    if fmt == "csv":
+        return df.write_csv()
+    if fmt == "json":
+        return df.write_json()
+    raise ValueError(f"unknown format {fmt!r}; expected one of {_FORMATS}")

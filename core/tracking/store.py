@@ -1,0 +1,42 @@
+"""Where runs are recorded: the MLflow tracking URI and the experiment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_DIR = Path("mlruns")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The experiment file's URI, else MLFLOW_TRACKING_URI, else sqlite under mlruns/."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    DEFAULT_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{DEFAULT_DIR / 'mlflow.db'}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """For a local SQLite store, artifacts go beside the database; a server decides itself."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent.resolve() / "artifacts").as_uri()
+    return None
+
+
+def get_or_create_experiment(client, name: str, uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    root = artifact_root(uri)
+    location = f"{root}/{name}" if root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by another process
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id

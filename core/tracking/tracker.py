@@ -1,0 +1,135 @@
+"""Recording a run in MLflow: a parent run per experiment, a child per stage.
+
+Uses ``MlflowClient`` with explicit run ids (not the fluent API's global
+active-run stack), so nesting and resuming a run are plain arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from .store import get_or_create_experiment, tracking_uri
+
+MAX_PARAM_LENGTH = 6000
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': '1', 'a.b.1.c': '2'}."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        if not data and prefix:
+            out[prefix] = "{}"
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, (list, tuple)):
+        if not data and prefix:
+            out[prefix] = "[]"
+        for i, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}.{i}" if prefix else str(i)))
+    else:
+        out[prefix] = "None" if data is None else str(data)
+    return out
+
+
+class Tracker:
+    """An experiment's runs in one MLflow store."""
+
+    def __init__(self, experiment: str, uri: str | None = None):
+        self.uri = tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
+        self.experiment = experiment
+
+    # -- runs ---------------------------------------------------------------------
+    def start_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        tags = dict(tags)
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def find_runs(self, filter_string: str) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"]
+        )
+
+    def children(self, parent: str) -> list:
+        return self.find_runs(f"tags.`mlflow.parentRunId` = '{parent}'")
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    # -- values -------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(run_id).data.params
+        items = [
+            Param(k[:250], str(v)[:MAX_PARAM_LENGTH])
+            for k, v in flatten(params).items()
+            if k[:250] not in existing
+        ]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=items, synchronous=False)
+
+    def flush(self) -> None:
+        mlflow.flush_async_logging()
+
+    # -- artifacts ----------------------------------------------------------------
+    def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(run_id, figure, artifact_file)
+        plt.close(figure)
+
+    def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_model(self, run_id: str, model, name: str, example) -> None:
+        """The final model as an MLflow model (pickle format: no torch.export needed)."""
+        import mlflow.pytorch
+        import torch
+
+        mlflow.set_tracking_uri(self.uri)  # log_model works through the fluent API
+        with mlflow.start_run(run_id=run_id, nested=True) as active:
+            mlflow.pytorch.log_model(
+                model, name=name, serialization_format="pickle", input_example=example,
+                # stated, not inferred: inference re-imports the model in a subprocess (slow)
+                pip_requirements=[f"torch=={torch.__version__}", f"mlflow=={mlflow.__version__}"],
+            )
+            # start_run(run_id=...) ends the run FINISHED on exit; keep it open for the caller
+        self.reopen(active.info.run_id)
+
+    def dump_json(self, run_id: str, data: Any, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(json.dumps(data, indent=2, default=str))
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+
+

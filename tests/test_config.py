@@ -1,0 +1,134 @@
+"""Experiment files: validation, located errors, overrides, TOML, safety, schema."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mentor.config import ConfigError, load_experiment
+from mentor.config.jsonschema import experiment_schema
+
+ROOT = Path(__file__).parents[1]
+
+BAD = """\
+name: bad
+data: {source: synthetic, val_size: 10}
+models:
+  teacher: {name: small_cnn, params: {dropout: 2}}
+  student: {name: small_cnn}
+stages:
+  - {kind: train, model: teacher}
+  - kind: distill
+    teacher: teachr
+    student: student
+    losses:
+      - {name: kd, params: {temperature: 0}}
+      - {name: kdd}
+"""
+
+
+def problems(path, registry, overrides=()):
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path, overrides, registry)
+    return {p.path: p for p in err.value.problems}
+
+
+def test_valid_file_resolves_defaults_and_names(write_yaml, tiny_config, plugins):
+    exp = load_experiment(write_yaml(tiny_config), registry=plugins.registry)
+    assert [s.name for s in exp.stages] == ["teacher", "student"]
+    assert exp.stages[1].losses[1].params == {"temperature": 2.0}
+    # params models fill in their defaults so the logged config is complete
+    assert exp.models["student"].params["dropout"] == 0.0
+
+
+def test_errors_name_file_line_and_dotted_location(tmp_path, plugins):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    found = problems(path, plugins.registry)
+    temp = found["stages[1].losses[0].params.temperature"]
+    assert (temp.source, temp.line) == (str(path), 12)
+    assert "greater than 0" in temp.message
+    assert found["models.teacher.params.dropout"].line == 4
+    assert "did you mean 'kd'" in found["stages[1].losses[1].name"].message
+    assert found["stages[1].losses[1].name"].line == 13
+    assert "unknown earlier stage 'teachr'" in found["stages[1].teacher"].message
+    assert str(temp).startswith(f"{path}:12:")
+
+
+def test_unknown_stage_kind_and_field_get_did_you_mean(write_yaml, tiny_config, plugins):
+    tiny_config["stages"][1]["kind"] = "distil"
+    tiny_config["stages"][0]["epoch"] = 3
+    found = problems(write_yaml(tiny_config), plugins.registry)
+    assert "did you mean 'distill'" in found["stages[1]"].message
+    assert "did you mean 'epochs'" in found["stages[0].epoch"].message
+
+
+def test_references_must_point_backwards(write_yaml, tiny_config, plugins):
+    tiny_config["stages"].reverse()
+    found = problems(write_yaml(tiny_config), plugins.registry)
+    assert "unknown earlier stage 'teacher'" in found["stages[0].teacher"].message
+
+
+def test_duplicate_stage_names(write_yaml, tiny_config, plugins):
+    tiny_config["stages"][1]["name"] = "teacher"
+    found = problems(write_yaml(tiny_config), plugins.registry)
+    assert "already used by stages[0]" in found["stages[1].name"].message
+
+
+def test_set_overrides_any_field_and_errors_point_at_the_flag(write_yaml, tiny_config, plugins):
+    path = write_yaml(tiny_config)
+    exp = load_experiment(path, ["stages[1].epochs=7", "stages.1.losses.1.params.temperature=8",
+                                 "data.val_size=0"], plugins.registry)
+    assert exp.stages[1].epochs == 7
+    assert exp.stages[1].losses[1].params["temperature"] == 8.0
+    assert exp.data.val_size == 0
+    found = problems(path, plugins.registry, ["stages[0].epochs=zero"])
+    assert found["stages[0].epochs"].source == "--set"
+    found = problems(path, plugins.registry, ["stages[5].epochs=1"])
+    assert "out of range" in next(iter(found.values())).message
+
+
+def test_toml_files_validate_the_same_way(tmp_path, plugins):
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        'name = "t"\n[data]\nsource = "synthetic"\n[models.m]\nname = "small_cnn"\n'
+        '[[stages]]\nkind = "train"\nmodel = "m"\nepochs = 0\n'
+    )
+    found = problems(path, plugins.registry)
+    assert "greater than or equal to 1" in found["stages[0].epochs"].message
+    path.write_text(path.read_text().replace("epochs = 0", "epochs = 2"))
+    assert load_experiment(path, registry=plugins.registry).stages[0].epochs == 2
+
+
+def test_loading_never_executes_code(tmp_path, plugins):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f'name: !!python/object/apply:os.system ["touch {marker}"]\n')
+    found = problems(path, plugins.registry)
+    assert "could not determine a constructor" in found[""].message
+    assert not marker.exists()
+
+
+def test_schema_includes_every_plugin_params(plugins):
+    schema = experiment_schema(plugins.registry)
+    text = json.dumps(schema)
+    branches = {b["properties"]["name"]["const"]: b for b in schema["$defs"]["LossSpec"]["oneOf"]}
+    assert branches["kd"]["properties"]["params"]["properties"]["temperature"]["exclusiveMinimum"] == 0
+    sources = {b["properties"]["source"]["const"] for b in schema["$defs"]["DataConfig"]["oneOf"]}
+    assert {"synthetic", "fashion_mnist"} <= sources
+    assert '"distill"' in text and '"train"' in text
+
+
+def test_cli_validate_exit_codes_and_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD.replace("synthetic", "fashion_mnist"))
+    bad = subprocess.run([sys.executable, "-m", "mentor.cli", "validate", str(path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert f"{path}:12:" in bad.stderr
+    good = subprocess.run([sys.executable, "-m", "mentor.cli", "validate",
+                           str(ROOT / "experiments" / "quickstart.yaml")], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
