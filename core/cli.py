@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -106,7 +107,14 @@ def cmd_compare(args) -> int:
     from .tracking.store import tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
-    df = leaderboard(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level)
+    try:
+        df = leaderboard(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level)
+    except ValueError as exc:  # unknown experiment or metric: the message has a did-you-mean
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    if args.format == "table":  # keep the terminal view narrow; csv/json keep every column
+        df = df.drop([c for c in ("parent_run_id", "parent_run_name") if c in df.columns])
+        df = df.with_columns(df["run_id"].str.slice(0, 8)) if "run_id" in df.columns else df
     print(render(df, args.format))
     return 0
 
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import PluginConflict, UnknownComponent
 
     args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO chatter on every run
     debug = bool(os.environ.get("MENTOR_DEBUG"))
     try:
         return args.func(args)

@@ -14,7 +14,8 @@ def tracking_uri(configured: str | None = None) -> str:
     if uri:
         return uri
     DEFAULT_DIR.mkdir(exist_ok=True)
-    return f"sqlite:///{DEFAULT_DIR / 'mlflow.db'}"
+    # absolute: MLflow caches stores by URI, so a relative one would follow the first cwd
+    return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
 
 
 def artifact_root(uri: str) -> str | None:

@@ -6,7 +6,10 @@ active-run stack), so nesting and resuming a run are plain arguments.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +40,26 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     else:
         out[prefix] = "None" if data is None else str(data)
     return out
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str):
+    """Point MLflow's fluent API at ``uri`` for a block, then put back what was there.
+
+    ``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI in the environment,
+    which would leak into every later run in this process.
+    """
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 class Tracker:
@@ -115,15 +138,16 @@ class Tracker:
         import mlflow.pytorch
         import torch
 
-        mlflow.set_tracking_uri(self.uri)  # log_model works through the fluent API
-        with mlflow.start_run(run_id=run_id, nested=True) as active:
+        # pickle is chosen on purpose (torch.export fails on many models); no need to warn each time
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+        with fluent_tracking_uri(self.uri), mlflow.start_run(run_id=run_id, nested=True):
             mlflow.pytorch.log_model(
                 model, name=name, serialization_format="pickle", input_example=example,
                 # stated, not inferred: inference re-imports the model in a subprocess (slow)
-                pip_requirements=[f"torch=={torch.__version__}", f"mlflow=={mlflow.__version__}"],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
-            # start_run(run_id=...) ends the run FINISHED on exit; keep it open for the caller
-        self.reopen(active.info.run_id)
+        # start_run(run_id=...) ended the run FINISHED on exit; the caller decides when it ends
+        self.reopen(run_id)
 
     def dump_json(self, run_id: str, data: Any, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,221 @@
+"""End to end: runs, metrics and artifacts land in MLflow; interrupted runs resume exactly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mentor import hookimpl
+from mentor.config import validate_document
+from mentor.config.document import Document
+from mentor.engine.checkpoint import CheckpointError
+from mentor.pipeline import ExperimentRunner, NothingToResume, run_experiment
+from mentor.plugins import load_plugins
+from mentor.tracking.compare import leaderboard
+
+from .conftest import SyntheticData
+
+FASHION = Path(os.environ.get("MENTOR_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+def experiment(config, plugins):
+    return validate_document(Document("test", config), plugins.registry)
+
+
+def client(workdir: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db")
+
+
+def runs_by_stage(c: MlflowClient, name: str):
+    exp = c.get_experiment_by_name(name)
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("mentor.kind") == "experiment"]
+    stages = {r.data.tags["mentor.stage"]: r for r in runs if r.data.tags.get("mentor.kind") == "stage"}
+    return parents, stages
+
+
+def test_tiny_run_lands_in_mlflow(workdir, plugins, tiny_config):
+    results = run_experiment(experiment(tiny_config, plugins), plugins)
+    c = client(workdir)
+    parents, stages = runs_by_stage(c, "tiny")
+    assert len(parents) == 1 and set(stages) == {"teacher", "student"}
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mentor.device"] == "cpu"
+    assert len(parent.data.tags["mentor.config_hash"]) == 16
+    # the resolved config, flattened, defaults included
+    assert parent.data.params["stages.1.losses.1.params.temperature"] == "2.0"
+    assert parent.data.params["stages.0.optimizer.momentum"] == "0.9"
+    assert "config.yaml" in [a.path for a in c.list_artifacts(parent.info.run_id)]
+
+    student = stages["student"]
+    assert student.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert student.data.tags["mentor.method"] == "distill"
+    assert student.info.status == "FINISHED"
+    history = c.get_metric_history(student.info.run_id, "val/accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    for key in ("train/loss", "train/loss/kd", "test/accuracy", "lr", "throughput"):
+        assert len(c.get_metric_history(student.info.run_id, key)) == 3, key
+    metrics = student.data.metrics
+    assert metrics["last/test/accuracy"] == results["student"].metrics["last/test/accuracy"]
+    assert metrics["best/val/accuracy"] == max(m.value for m in history)
+    assert parent.data.metrics["student/last/test/accuracy"] == metrics["last/test/accuracy"]
+
+    artifacts = {a.path for a in c.list_artifacts(student.info.run_id, "plots")}
+    assert artifacts == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    assert [a.path for a in c.list_artifacts(student.info.run_id, "checkpoints")] == ["checkpoints/final.pt"]
+
+    # the final student as an MLflow model that predicts like the saved weights
+    mlflow.set_tracking_uri(c.tracking_uri)
+    models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
+    logged = {m.source_run_id: m for m in models}
+    assert set(logged) == {student.info.run_id, stages["teacher"].info.run_id}
+    loaded = mlflow.pytorch.load_model(f"models:/{logged[student.info.run_id].model_id}").eval()
+    x = torch.randn(3, 1, 8, 8)
+    plugins_model = load_plugins(extra=[SyntheticData()]).registry.get("model", "small_cnn")
+    fresh = plugins_model.factory(4, 1, channels=[4], hidden=0, dropout=0.0, pool_size=1).eval()
+    fresh.load_state_dict(torch.load(results["student"].weights, weights_only=True))
+    assert torch.allclose(loaded(x), fresh(x), atol=1e-6)
+
+    board = leaderboard("tiny", tracking_uri=c.tracking_uri)
+    assert set(board["stage"].to_list()) == {"teacher", "student"}
+
+
+class StopAt:
+    """A plugin that interrupts a run like Ctrl-C after a given epoch of a stage."""
+
+    def __init__(self, stage, epoch):
+        self.stage, self.epoch = stage, epoch
+
+    @hookimpl
+    def on_epoch_end(self, stage, ctx, epoch, metrics):
+        if stage.name == self.stage and epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(workdir, tiny_config, monkeypatch):
+    plugins = load_plugins(extra=[SyntheticData()])
+    tiny_config["stages"][1]["augment"] = {"crop_padding": 1, "flip": True}
+    tiny_config["models"]["student"]["params"]["dropout"] = 0.2
+    reference = run_experiment(experiment(tiny_config, plugins), plugins)
+
+    other = workdir / "second"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    stopping = load_plugins(extra=[SyntheticData(), StopAt("student", 1)])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(experiment(tiny_config, stopping), stopping)
+    c = client(other)
+    parents, stages = runs_by_stage(c, "tiny")
+    assert parents[0].info.status == "KILLED"
+    assert stages["student"].info.status == "KILLED"
+    assert stages["teacher"].info.status == "FINISHED"
+
+    resumed = run_experiment(experiment(tiny_config, plugins), plugins, resume=True)
+
+    def without_timing(history):
+        return [{k: v for k, v in epoch.items() if k != "throughput"} for epoch in history]
+
+    assert len(resumed["student"].history) == 3
+    assert without_timing(resumed["student"].history) == without_timing(reference["student"].history)
+    assert resumed["student"].metrics == reference["student"].metrics
+    parents, stages = runs_by_stage(c, "tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(c.search_runs([parents[0].info.experiment_id])) == 3  # nothing ran twice
+    steps = [m.step for m in c.get_metric_history(stages["student"].info.run_id, "val/accuracy")]
+    assert sorted(steps) == [0, 1, 2]
+
+    with pytest.raises(NothingToResume):
+        run_experiment(experiment(tiny_config, plugins), plugins, resume=True)
+
+
+def test_corrupt_checkpoint_is_a_located_error(workdir, tiny_config):
+    plugins = load_plugins(extra=[SyntheticData(), StopAt("student", 0)])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(experiment(tiny_config, plugins), plugins)
+    [path] = list(Path("mlruns/checkpoints/tiny").glob("*/student/checkpoint.pt"))
+    path.write_bytes(b"not a checkpoint")
+    plugins = load_plugins(extra=[SyntheticData()])
+    with pytest.raises(CheckpointError, match=str(path)):
+        ExperimentRunner(experiment(tiny_config, plugins), plugins).run(resume=True)
+
+
+def mentor(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "mentor.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300, check=False)
+
+
+def test_missing_dataset_fails_cleanly_without_a_run(workdir, write_yaml):
+    path = write_yaml({
+        "name": "nodata", "data": {"source": "fashion_mnist", "params": {"root": str(workdir / "none")}},
+        "models": {"m": {"name": "small_cnn"}}, "stages": [{"kind": "train", "model": "m"}],
+    })
+    result = mentor("run", str(path), cwd=workdir, env={"MENTOR_FASHION_MNIST_DIR": str(workdir / "empty")})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "apt-get install dataset-fashion-mnist" in result.stderr
+    assert not (workdir / "mlruns" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist absent")
+def test_cli_run_then_compare_on_fashion_mnist(workdir, write_yaml):
+    path = write_yaml({
+        "name": "fm-cli", "data": {"source": "fashion_mnist", "val_size": 200, "test_size": 500},
+        "models": {"t": {"name": "small_cnn"}, "s": {"name": "small_cnn", "params": {"channels": [4]}}},
+        "stages": [
+            {"name": "teacher", "kind": "train", "model": "t", "train_subset": 500, "epochs": 1},
+            {"name": "kd", "kind": "distill", "teacher": "teacher", "student": "s", "train_subset": 200,
+             "epochs": 1},
+        ],
+        "tracking": {"log_model": False},
+    })
+    run = mentor("run", str(path), "--set", "stages[1].epochs=2", cwd=workdir, env={"CI": "1"})
+    assert run.returncode == 0, run.stderr
+    assert "[kd] epoch 2/2" in run.stdout
+    compare = mentor("compare", "fm-cli", "--format", "json", cwd=workdir)
+    assert compare.returncode == 0, compare.stderr
+    rows = json.loads(compare.stdout)
+    assert {r["stage"] for r in rows} == {"teacher", "kd"}
+    assert all(0 <= r["value"] <= 1 for r in rows)
+    missing = mentor("compare", "fm-clj", cwd=workdir)
+    assert missing.returncode != 0 and "did you mean 'fm-cli'" in missing.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_same_store(workdir, plugins, tiny_config):
+    import time
+    import urllib.request
+
+    tiny_config["tracking"]["log_model"] = False
+    tiny_config["stages"] = tiny_config["stages"][:1]
+    run_experiment(experiment(tiny_config, plugins), plugins)
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "mentor.cli", "ui", "--port", str(port)], cwd=workdir,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny"
+    try:
+        deadline, body = time.time() + 90, None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                time.sleep(1)
+        assert body is not None, "the MLflow UI did not answer within 90 s"
+        assert body["experiment"]["name"] == "tiny"
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
