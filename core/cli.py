@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -181,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config.errors import ConfigError
     from .data.types import DataNotFound
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import PluginConflict, UnknownComponent
 
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a run like Ctrl-C: recorded KILLED, resumable
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO chatter on every run
     debug = bool(os.environ.get("MENTOR_DEBUG"))
     try:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
 from . import __version__
+from .config.loader import references
 from .config.schema import LossSpec, TrainingStageConfig
 from .data.loader import Batches
 from .data.splits import Splits, balanced_subset, make_splits
@@ -283,8 +282,8 @@ class ExperimentRunner:
             if run.data.tags.get("mentor.stage") == stage.name:
                 self.tracker.reopen(run.info.run_id)
                 return run.info.run_id
-        model_key = getattr(stage, "model", None) or getattr(stage, "student", None)
-        model = self.experiment.models[model_key].name if model_key in self.experiment.models else ""
+        keys = [value for _, ref, _, value in references(stage) if ref.target == "model"]
+        model = self.experiment.models[keys[0]].name if keys else ""
         tags = {"mentor.kind": "stage", "mentor.stage": stage.name, "mentor.method": stage.kind,
                 "mentor.model": model}
         run_id = self.tracker.start_run(stage.name, tags, parent=self.parent)
@@ -299,12 +298,10 @@ def run_experiment(experiment, plugins: Plugins | None = None, resume: bool = Fa
 
 
 __all__ = [
-    "Any",
     "ExperimentRunner",
     "NothingToResume",
     "StageContext",
     "StageResult",
     "TrainTask",
     "run_experiment",
-    "sys",
 ]

@@ -47,7 +47,11 @@ class DistillStage(TrainingStageConfig):
 def run_distill(stage: DistillStage, ctx):
     teacher = ctx.trained_model(stage.teacher)
     student = ctx.build_model(stage.student, init=stage.init)
-    terms = [(spec.name, spec.weight, ctx.build_loss(spec)) for spec in stage.losses]
+    names = [spec.name for spec in stage.losses]
+    terms = [  # a name used twice is logged as name_<index>
+        (spec.name if names.count(spec.name) == 1 else f"{spec.name}_{i}", spec.weight, ctx.build_loss(spec))
+        for i, spec in enumerate(stage.losses)
+    ]
     for name, _, loss in terms:
         if loss.student_nodes or loss.teacher_nodes:
             raise ValueError(f"stage '{stage.name}': loss '{name}' asks for intermediate features, "

@@ -77,7 +77,7 @@ def validate_document(doc: Document, registry: Registry | None = None):
         raise ConfigError([_problem(doc, err, registry, model) for err in exc.errors()]) from None
     problems = resolve(experiment, registry, doc)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
     return experiment
 
 
@@ -185,7 +185,7 @@ def _specs(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, ComponentSpec]]:
             yield from _specs(item, path + (key,))
 
 
-def _refs(stage: BaseModel) -> Iterator[tuple[str, Ref, str | int | None, str]]:
+def references(stage: BaseModel) -> Iterator[tuple[str, Ref, str | int | None, str]]:
     """(field, Ref, index-in-list or None, value) for a stage's reference fields."""
     for name, info in type(stage).model_fields.items():
         ref = next((m for m in info.metadata if isinstance(m, Ref)), None)
@@ -244,7 +244,7 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
         if stage.name in seen:
             report(("stages", i, "name"), f"stage name '{stage.name}' is already used by stages[{seen[stage.name]}]")
         seen.setdefault(stage.name, i)
-        for field, ref, index, value in _refs(stage):
+        for field, ref, index, value in references(stage):
             where = ("stages", i, field) + ((index,) if index is not None else ())
             if ref.target == "model" and value not in experiment.models:
                 report(where, unknown_name_message("model", value, list(experiment.models)))

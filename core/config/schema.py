@@ -135,7 +135,9 @@ class TrainingStageConfig(StageConfig):
     train_subset: int | None = Field(
         default=None, ge=1, description="train on a class-balanced subset of this many rows"
     )
-    select_on: str = Field(default="val/accuracy", description="metric that picks the best epoch")
+    select_on: str = Field(
+        default="val/accuracy", description="metric that picks the best epoch (names ending in 'loss' are minimised)"
+    )
 
 
 # --- the whole file ------------------------------------------------------------------

@@ -73,6 +73,18 @@ def seed_for(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**31)
 
 
+def is_better(metrics: dict[str, float], best: dict[str, float], key: str) -> bool:
+    """Whether this epoch beats the best so far on ``key`` (losses lower, others higher).
+
+    Without ``key`` (no validation set) every epoch is "best", so best equals last.
+    """
+    if key not in metrics or not best or key not in best:
+        return True
+    if key.endswith("loss"):
+        return metrics[key] < best[key]
+    return metrics[key] > best[key]
+
+
 def autocast(runtime: Runtime):
     if runtime.autocast_dtype is None:
         return contextlib.nullcontext()
@@ -195,10 +207,8 @@ def fit(
                     metrics[f"{name}/{key}"] = value
             metrics["epoch"] = epoch
             history.append(metrics)
-            if cfg.select_on in metrics and (not best or metrics[cfg.select_on] > best[cfg.select_on]):
+            if is_better(metrics, best, cfg.select_on):
                 best = dict(metrics)
-            elif cfg.select_on not in metrics:
-                best = dict(metrics)  # nothing to select on (no val set): best is last
             checkpoint.save_atomic(
                 {
                     "model": task.model.state_dict(),

@@ -1,0 +1,97 @@
+"""Batches for the training loop, cut from an in-memory set by indexing.
+
+No DataLoader and no workers: the whole uint8 set sits on the target device and
+each batch is one index operation, an optional per-sample augmentation and a
+normalisation, all vectorised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .augment import BatchAugment
+from .splits import UnlabeledSet, derive_seed
+from .types import ImageSet
+
+
+class Batches:
+    """Iterate an ImageSet in (shuffled) batches: index, slice, move, normalise, augment.
+
+    ``epoch(e)`` yields ``(x, y)``: ``x`` float32 ``[B, C, H, W]`` normalised as
+    ``(x / 255 - mean) / std``, ``y`` int64 labels; for an ``UnlabeledSet`` the
+    second item is the rows' ``index`` in the source train set instead.
+
+    Determinism: the shuffle order and the augmentation draws of epoch ``e`` come
+    from generators seeded from ``(seed, e)`` alone, created afresh for each
+    epoch. Epoch ``e`` is therefore the same whether or not epochs ``0 .. e-1``
+    ran in this process, which is what makes resuming an interrupted run
+    bit-identical to an uninterrupted one. The order is drawn on the CPU (the
+    same on every device); augmentation is drawn on ``device``.
+
+    The images stay uint8 and are moved to ``device`` once, here. Augmentation
+    is applied to the uint8 batch before normalisation, so crop padding is black
+    (pixel value 0), as with torchvision's ``RandomCrop(padding=...)``.
+    """
+
+    def __init__(self, data: ImageSet | UnlabeledSet, batch_size: int, *, shuffle: bool,
+                 drop_last: bool = False, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str = "cpu", augment: BatchAugment | None = None,
+                 seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.augment = augment if augment is not None and augment.active else None
+        self.seed = seed
+        self.labeled = isinstance(data, ImageSet)
+        self.images = data.images.to(self.device)
+        self.targets = (data.labels if self.labeled else data.index).to(self.device)
+        c = self.images.shape[1]
+        self.mean = self._stat(mean, c, "mean")
+        self.std = self._stat(std, c, "std")
+        if bool((self.std <= 0).any()):
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+
+    def _stat(self, values: Sequence[float], channels: int, what: str) -> torch.Tensor:
+        t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+        if len(t) not in (1, channels):
+            raise ValueError(f"{what} has {len(t)} values for {channels}-channel images")
+        return t.reshape(1, -1, 1, 1).to(self.device)
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The row order of epoch ``epoch`` (on ``device``)."""
+        n = len(self.images)
+        if not self.shuffle:
+            return torch.arange(n, device=self.device)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
+        return torch.randperm(n, generator=g).to(self.device)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0, 255] float) images to float32 ``(x / 255 - mean) / std``."""
+        return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(epoch)
+        gen = None
+        if self.augment is not None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(derive_seed(self.seed, "augment", epoch))
+        bs = self.batch_size
+        for i in range(len(self)):
+            rows = order[i * bs:(i + 1) * bs]
+            x = self.images[rows]
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            yield self.normalise(x), self.targets[rows]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch 0; use ``epoch(e)`` in a training loop."""
+        return self.epoch(0)
