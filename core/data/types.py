@@ -49,7 +49,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, rows: torch.Tensor) -> "ImageSet":
+    def subset(self, rows: torch.Tensor) -> ImageSet:
         rows = torch.as_tensor(rows, dtype=torch.long)
         return ImageSet(self.images[rows], self.labels[rows], self.index[rows])
 
