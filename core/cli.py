@@ -103,6 +103,51 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_layers(args) -> int:
+    try:
+        return _layers(args)
+    except ValueError as exc:  # bad --params / --input / model key: a usage error
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+
+
+def _layers(args) -> int:
+    import torch
+
+    from .features import probe
+    from .plugins import default_plugins
+
+    registry = default_plugins().registry
+    if args.experiment:
+        from .config import load_experiment
+        from .pipeline import ExperimentRunner
+
+        experiment = load_experiment(args.experiment, args.set, registry)
+        if args.model not in experiment.models:
+            from .registry import unknown_name_message
+
+            raise ValueError(unknown_name_message("model", args.model, list(experiment.models)))
+        spec = experiment.models[args.model]
+        info = ExperimentRunner(experiment)._load_data().info
+        name, params = spec.name, spec.params
+        channels, (height, width), classes = info.in_channels, info.image_size, info.num_classes
+    else:
+        name = args.model
+        component = registry.get("model", name)
+        params = component.params.model_validate(json.loads(args.params)).model_dump()
+        channels, height, width = (int(v) for v in args.input.lower().split("x"))
+        classes = args.classes
+    model = registry.get("model", name).factory(classes, channels, **params)
+    shapes = probe(model, torch.zeros(2, channels, height, width))
+    if args.json:
+        print(json.dumps({node: list(shape[1:]) for node, shape in shapes.items()}, indent=2))
+        return 0
+    print(f"{name} on {channels}x{height}x{width}, {classes} classes: node -> output shape (per sample)")
+    for node, shape in shapes.items():
+        print(f"  {node:<32} {tuple(shape[1:])}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .tracking.compare import leaderboard, render
     from .tracking.store import tracking_uri
@@ -163,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list every registered component and its parameters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("layers", help="list a model's node names and output shapes (for hint layers)")
+    p.add_argument("model", help="a model name (see `mentor plugins`), or a `models` key with --experiment")
+    p.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--params", default="{}", help="the model's params as JSON, e.g. '{\"dropout\": 0.1}'")
+    p.add_argument("--experiment", metavar="FILE", help="take architecture, params and input shape from this file")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a field of --experiment")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("compare", help="leaderboard of an experiment's runs from MLflow")
     p.add_argument("experiment", help="experiment name (the file's `name:`)")

@@ -22,6 +22,7 @@ class Outputs:
     teacher_logits: torch.Tensor | None = None
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    epoch: int = 0  # 0-based epoch of the stage, for losses with a warm-up
 
 
 class Loss(nn.Module):

@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .config.loader import references
+from .config.loader import trained_model_key
 from .config.schema import LossSpec, TrainingStageConfig
 from .data.loader import Batches
 from .data.splits import Splits, balanced_subset, make_splits
@@ -140,6 +140,13 @@ class StageContext:
                 raise ValueError(f"stage '{self.stage.name}': train_subset {n} > {len(data)} labeled rows")
             data = data.subset(balanced_subset(data.labels, n, self.experiment.data.split_seed))
         return data
+
+    def example(self, data: ImageSet | None = None, n: int = 2) -> torch.Tensor:
+        """A normalised batch of ``n`` training images, for probing shapes."""
+        data = data if data is not None else self.splits.labeled
+        rows = torch.arange(min(n, len(data)))
+        batches = Batches(data.subset(rows), n, shuffle=False, mean=self.info.mean, std=self.info.std)
+        return next(iter(batches))[0]
 
     # -- the loop -----------------------------------------------------------------
     def fit(self, task: TrainTask, model_key: str, cfg: TrainingStageConfig | None = None) -> StageResult:
@@ -282,8 +289,8 @@ class ExperimentRunner:
             if run.data.tags.get("mentor.stage") == stage.name:
                 self.tracker.reopen(run.info.run_id)
                 return run.info.run_id
-        keys = [value for _, ref, _, value in references(stage) if ref.target == "model"]
-        model = self.experiment.models[keys[0]].name if keys else ""
+        key = trained_model_key(stage)
+        model = self.experiment.models[key].name if key else ""
         tags = {"mentor.kind": "stage", "mentor.stage": stage.name, "mentor.method": stage.kind,
                 "mentor.model": model}
         run_id = self.tracker.start_run(stage.name, tags, parent=self.parent)

@@ -1,4 +1,4 @@
-"""Built-in stage kinds: supervised training and logit/feature distillation."""
+"""Built-in stage kinds: supervised training and distillation (logits and features)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pydantic import Field
 from torch import nn
 
 from mentor import hookimpl
+from mentor.config.loader import trained_model_key
 from mentor.config.schema import LossSpec, ModelKey, StageName, TrainingStageConfig
 from mentor.engine.loop import TrainTask
+from mentor.features import FeatureError, FeatureTap, probe
 from mentor.losses import LABELS, TEACHER_LOGITS, Outputs
 
 
@@ -36,45 +38,82 @@ def _default_losses() -> list[LossSpec]:
 
 
 class DistillStage(TrainingStageConfig):
-    """A student learns from a trained teacher through a weighted sum of losses."""
+    """A student learns from a trained teacher through a weighted sum of losses.
+
+    Losses that read intermediate features name their nodes (see `mentor
+    layers`); only those nodes are extracted, the teacher's without gradient.
+    """
 
     teacher: StageName = Field(description="the stage whose trained model teaches")
     student: ModelKey = Field(description="a key of `models`: the student's architecture")
     init: StageName | None = Field(default=None, description="start the student from this stage's weights")
     losses: list[LossSpec] = Field(default_factory=_default_losses, min_length=1)
 
+    def check(self, experiment, registry):
+        """Every node a loss names exists in the student's or the teacher's model."""
+        stages = {s.name: s for s in experiment.stages}
+        keys = {"student": self.student, "teacher": trained_model_key(stages[self.teacher])}
+        models = {}
+        for role, key in keys.items():
+            if key is not None:  # node names do not depend on the data's classes or channels
+                spec = experiment.models[key]
+                models[role] = registry.get("model", spec.name).factory(10, 3, **spec.params)
+        problems = []
+        for i, spec in enumerate(self.losses):
+            loss = registry.get("loss", spec.name).factory(**spec.params)
+            for role, nodes in (("student", loss.student_nodes), ("teacher", loss.teacher_nodes)):
+                if nodes and role in models:
+                    try:
+                        FeatureTap(models[role], nodes, role)
+                    except FeatureError as exc:
+                        problems.append((("losses", i, "params"), str(exc)))
+        return problems
+
+
+def _loss_names(specs: list[LossSpec]) -> list[str]:
+    """Each term's metric name: the loss name, or name_<index> if it is used twice."""
+    names = [spec.name for spec in specs]
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
 
 def run_distill(stage: DistillStage, ctx):
     teacher = ctx.trained_model(stage.teacher)
     student = ctx.build_model(stage.student, init=stage.init)
-    names = [spec.name for spec in stage.losses]
-    terms = [  # a name used twice is logged as name_<index>
-        (spec.name if names.count(spec.name) == 1 else f"{spec.name}_{i}", spec.weight, ctx.build_loss(spec))
-        for i, spec in enumerate(stage.losses)
-    ]
-    for name, _, loss in terms:
-        if loss.student_nodes or loss.teacher_nodes:
-            raise ValueError(f"stage '{stage.name}': loss '{name}' asks for intermediate features, "
-                             "which the distill stage does not extract yet")
-    needs_teacher = any(TEACHER_LOGITS in loss.needs for _, _, loss in terms)
-    needs_labels = any(LABELS in loss.needs for _, _, loss in terms)
-    teacher.to(ctx.device)
+    names = _loss_names(stage.losses)
+    losses = [ctx.build_loss(spec) for spec in stage.losses]
+    weights = [spec.weight for spec in stage.losses]
+
+    student_nodes = [n for loss in losses for n in loss.student_nodes]
+    teacher_nodes = [n for loss in losses for n in loss.teacher_nodes]
+    student_tap = FeatureTap(student, student_nodes, "student")
+    teacher_tap = FeatureTap(teacher, teacher_nodes, "teacher")
+    if student_nodes or teacher_nodes:  # regressors are shaped from one probed batch
+        example = ctx.example()
+        student_shapes = probe(student, example, student_nodes) if student_nodes else {}
+        teacher_shapes = probe(teacher, example, teacher_nodes) if teacher_nodes else {}
+        for loss in losses:
+            loss.build(student_shapes, teacher_shapes)
+    run_teacher = bool(teacher_nodes) or any(TEACHER_LOGITS in loss.needs for loss in losses)
+    needs_labels = any(LABELS in loss.needs for loss in losses)
+    epoch = {"now": 0}
 
     def step(x, y):
-        logits = student(x)
-        teacher_logits = None
-        if needs_teacher:
+        logits, s_features = student_tap(x)
+        t_logits, t_features = None, {}
+        if run_teacher:
             with torch.no_grad():
-                teacher_logits = teacher(x)
-        out = Outputs(student_logits=logits, labels=y if needs_labels else None, teacher_logits=teacher_logits)
-        values = {name: loss(out) for name, _, loss in terms}
-        total = sum(weight * values[name] for name, weight, _ in terms)
-        return total, {f"loss/{name}": v for name, v in values.items()}
+                t_logits, t_features = teacher_tap(x)
+        out = Outputs(student_logits=logits, labels=y if needs_labels else None, teacher_logits=t_logits,
+                      student_features=s_features, teacher_features=t_features, epoch=epoch["now"])
+        values = [loss(out) for loss in losses]
+        total = sum(w * v for w, v in zip(weights, values, strict=True))
+        return total, {f"loss/{n}": v for n, v in zip(names, values, strict=True)}
 
     task = TrainTask(
         model=student, step=step, data=ctx.training_data(),
-        extra={"losses": nn.ModuleList([loss for _, _, loss in terms])},
+        extra={"losses": nn.ModuleList(losses)},  # regressors: trained, checkpointed, not exported
         frozen={"teacher": teacher},
+        on_epoch=lambda e: epoch.update(now=e),
     )
     return ctx.fit(task, stage.student)
 

@@ -12,11 +12,11 @@ from mentor import DataBundle, DataInfo, ImageSet, Params, hookimpl
 from mentor.plugins import load_plugins
 
 
-def synthetic_images(n: int, seed: int, classes: int = 4, size: int = 8):
-    """Class c is a bright square in quadrant c plus noise: learnable in a few steps."""
+def synthetic_images(n: int, seed: int, classes: int = 4, size: int = 8, channels: int = 1):
+    """Class c is a bright square in quadrant c % 4 plus noise: learnable in a few steps."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % classes
-    images = torch.randint(0, 60, (n, 1, size, size), generator=g)
+    images = torch.randint(0, 60, (n, channels, size, size), generator=g)
     half = size // 2
     for c in range(classes):
         r, col = divmod(c % 4, 2)
@@ -27,6 +27,8 @@ def synthetic_images(n: int, seed: int, classes: int = 4, size: int = 8):
 class SyntheticParams(Params):
     train_size: int = 400
     test_size: int = 200
+    channels: int = 1
+    size: int = 8
 
 
 class SyntheticData:
@@ -34,9 +36,10 @@ class SyntheticData:
 
     @hookimpl
     def register_data_sources(self, register):
-        def synthetic(train_size, test_size):
-            info = DataInfo(4, 1, (8, 8), (0.3,), (0.3,), ("a", "b", "c", "d"))
-            return DataBundle(synthetic_images(train_size, 0), synthetic_images(test_size, 1), info)
+        def synthetic(train_size, test_size, channels, size):
+            info = DataInfo(4, channels, (size, size), (0.3,) * channels, (0.3,) * channels, ("a", "b", "c", "d"))
+            return DataBundle(synthetic_images(train_size, 0, size=size, channels=channels),
+                              synthetic_images(test_size, 1, size=size, channels=channels), info)
 
         register("synthetic", synthetic, params=SyntheticParams, description="test data")
 

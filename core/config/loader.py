@@ -71,8 +71,10 @@ def validate_document(doc: Document, registry: Registry | None = None):
 
         registry = default_plugins().registry
     model = experiment_model(registry)
+    # top-level keys starting with "x-" hold YAML anchors to reuse (as in compose files)
+    data = {key: value for key, value in doc.data.items() if not str(key).startswith("x-")}
     try:
-        experiment = model.model_validate(doc.data)
+        experiment = model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([_problem(doc, err, registry, model) for err in exc.errors()]) from None
     problems = resolve(experiment, registry, doc)
@@ -253,4 +255,13 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
                 report(where, unknown_name_message("earlier stage", value, earlier))
             elif ref.target == "stage" and seen[value] == i:
                 report(where, "a stage cannot refer to itself")
+    if not problems:
+        for i, stage in enumerate(experiment.stages):
+            for path, message in stage.check(experiment, registry):
+                report(("stages", i, *path), message)
     return problems
+
+
+def trained_model_key(stage: BaseModel) -> str | None:
+    """The ``models`` key of the model a stage trains: its first model reference."""
+    return next((value for _, ref, _, value in references(stage) if ref.target == "model"), None)

@@ -121,6 +121,14 @@ class StageConfig(Strict):
     name: str | None = Field(default=None, description="defaults to '<kind>' or '<kind>_<i>'")
     seed: int | None = Field(default=None, description="defaults to the experiment's seed")
 
+    def check(self, experiment, registry) -> list[tuple[tuple, str]]:
+        """Extra checks once the whole file is valid: (path within the stage, message) pairs.
+
+        Methods override this for what only they know (a loss's node names exist
+        in the model, say), so that ``mentor validate`` catches it before any run.
+        """
+        return []
+
 
 class TrainingStageConfig(StageConfig):
     """A stage that runs the shared training loop."""

@@ -45,6 +45,7 @@ class TrainTask:
     data: ImageSet
     extra: dict[str, nn.Module] = field(default_factory=dict)
     frozen: dict[str, nn.Module] = field(default_factory=dict)
+    on_epoch: Callable[[int], None] | None = None  # told each epoch's number before it starts
 
 
 @dataclass
@@ -178,6 +179,8 @@ def fit(
             for module in trainable:
                 module.train()
             progress.start_epoch(epoch)
+            if task.on_epoch is not None:
+                task.on_epoch(epoch)
             sums: dict[str, torch.Tensor] = {}
             batches, seen = 0, 0
             t0 = time.perf_counter()
