@@ -10,6 +10,7 @@ continues the interrupted one from its last epoch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -22,9 +23,9 @@ from torch import nn
 
 from . import __version__
 from .config.loader import trained_model_key
-from .config.schema import LossSpec, TrainingStageConfig
+from .config.schema import LossSpec, TrainingConfig
 from .data.loader import Batches
-from .data.splits import Splits, balanced_subset, make_splits
+from .data.splits import Splits, StageData, balanced_subset, make_splits
 from .data.types import DataInfo, ImageSet
 from .engine import checkpoint
 from .engine.loop import FitResult, Runtime, TrainTask, fit, predict
@@ -94,7 +95,7 @@ class StageContext:
         self.index = index
         self.stage = runner.experiment.stages[index]
         self.experiment = runner.experiment
-        self.splits: Splits = runner.splits
+        self.splits: StageData = runner.splits.for_methods()  # no hidden labels in here
         self.info: DataInfo = runner.splits.info
         self.runtime: Runtime = runner.runtime
         self.device = runner.runtime.device
@@ -130,7 +131,7 @@ class StageContext:
         component = self.registry.get("loss", spec.name)
         return component.factory(**spec.params)
 
-    def training_data(self, cfg: TrainingStageConfig | None = None) -> ImageSet:
+    def training_data(self, cfg: TrainingConfig | None = None) -> ImageSet:
         """The labeled split, or the stage's class-balanced ``train_subset`` of it."""
         cfg = cfg or self.stage
         data = self.splits.labeled
@@ -149,49 +150,109 @@ class StageContext:
         return next(iter(batches))[0]
 
     # -- the loop -----------------------------------------------------------------
-    def fit(self, task: TrainTask, model_key: str, cfg: TrainingStageConfig | None = None) -> StageResult:
-        """Run the shared training loop on ``task`` and record everything about it."""
+    def fit(self, task: TrainTask, model_key: str, cfg: TrainingConfig | None = None, *,
+            phase: str | None = None, step_offset: int = 0, export: bool = True) -> StageResult:
+        """Run the shared training loop on ``task`` and record everything about it.
+
+        A method that fits more than once in a stage (pre-train then fine-tune,
+        rounds) names each fit's ``phase``: its state lives in its own folder, and
+        a finished phase is not run again on resume (its weights are loaded into
+        ``task.model`` instead). ``step_offset`` continues the epoch axis of the
+        current run; ``export`` logs the model as an MLflow model.
+        """
         cfg = cfg or self.stage
         tracker = self._runner.tracker
+        folder = self.dir / phase if phase else self.dir
+        done = folder / "phase.json"
+        if phase and done.is_file():
+            result = StageResult.load(done)
+            checkpoint.load_weights(task.model, checkpoint.load(result.weights), result.weights)
+            return result
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
-            tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
+                                step=step_offset + epoch)
             self.hook.on_epoch_end(stage=self.stage, ctx=self, epoch=epoch, metrics=metrics)
 
         result: FitResult = fit(
-            task, cfg, stage=self.stage.name, seed=self.seed, info=self.info,
-            eval_sets={"val": self.splits.val, "test": self.splits.test},
+            task, cfg, stage=f"{self.stage.name}/{phase}" if phase else self.stage.name, seed=self.seed,
+            info=self.info, eval_sets={"val": self.splits.val, "test": self.splits.test},
             augment=cfg.augment or self.experiment.data.augment, runtime=self.runtime,
-            checkpoint_path=self.dir / "checkpoint.pt", report=report,
+            checkpoint_path=folder / "checkpoint.pt", report=report,
         )
-        weights = self.dir / "final.pt"
+        weights = folder / "final.pt"
         model = getattr(task.model, "_orig_mod", task.model)
         checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)
         summary = {f"best/{k}": result.best[k] for k in SUMMARY_KEYS if k in result.best}
         summary.update({f"last/{k}": result.last[k] for k in SUMMARY_KEYS if k in result.last})
         if "epoch" in result.best:
-            summary["best/epoch"] = result.best["epoch"]
-        tracker.log_metrics(self.run_id, summary, step=cfg.epochs)
-        self._log_artifacts(model, model_key, result, weights)
-        return StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
+            summary["best/epoch"] = step_offset + result.best["epoch"]
+        tracker.log_metrics(self.run_id, summary, step=step_offset + cfg.epochs)
+        self._log_artifacts(model, model_key, result, weights, f"{phase}/" if phase else "", export)
+        outcome = StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
+        if phase:
+            outcome.save(done)
+        return outcome
 
-    def _log_artifacts(self, model: nn.Module, model_key: str, result: FitResult, weights: Path) -> None:
+    def _log_artifacts(self, model: nn.Module, model_key: str, result: FitResult, weights: Path,
+                       prefix: str, export: bool) -> None:
         from .tracking import plots
 
         tracker, run = self._runner.tracker, self.run_id
-        tracker.log_figure(run, plots.learning_curves(result.history), "plots/learning_curves.png")
+        tracker.log_figure(run, plots.learning_curves(result.history), f"{prefix}plots/learning_curves.png")
         test = Batches(self.splits.test, 1024, shuffle=False, mean=self.info.mean, std=self.info.std,
                        device=self.device)
         if len(self.splits.test):
             y, p = predict(model, test, self.runtime)
             cm = plots.confusion_matrix(y, p, self.info.num_classes)
             figure = plots.confusion_matrix_figure(cm, list(self.info.class_names) or None)
-            tracker.log_figure(run, figure, "plots/confusion_matrix.png")
-        tracker.log_file(run, weights, "checkpoints")
-        if self.experiment.tracking.log_model:
+            tracker.log_figure(run, figure, f"{prefix}plots/confusion_matrix.png")
+        tracker.log_file(run, weights, f"{prefix}checkpoints")
+        if export and self.experiment.tracking.log_model:
             example = next(iter(test.epoch(0)))[0][:2].float().cpu().numpy() if len(self.splits.test) else None
             tracker.log_model(run, model.float().cpu().eval(), f"{self.stage.name}-{model_key}", example)
             model.to(self.device)
+
+    @contextlib.contextmanager
+    def nested(self, name: str, tags: dict[str, str] | None = None):
+        """A child MLflow run under the stage's (a round, a phase); reused on resume.
+
+        Inside the block, ``log_metrics`` and ``fit`` record into the child.
+        """
+        tracker, parent = self._runner.tracker, self.run_id
+        child = next((r.info.run_id for r in tracker.children(parent) if r.data.tags.get("mentor.child") == name),
+                     None)
+        if child is None:
+            child = tracker.start_run(f"{self.stage.name}/{name}", {
+                "mentor.kind": "child", "mentor.child": name, "mentor.stage": self.stage.name,
+                "mentor.method": self.stage.kind, **(tags or {})}, parent=parent)
+        else:
+            tracker.reopen(child)
+        self.run_id = child
+        status = "FAILED"
+        try:
+            yield child
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.run_id = parent
+            tracker.flush()
+            tracker.end_run(child, status)
+
+    def pseudo_label_diagnostics(self, scores, selection):
+        """Precision, coverage and per-class counts of a selection, against the hidden labels.
+
+        Computed here in the core, so that methods never hold those labels.
+        """
+        from .pseudo_labels import diagnostics
+
+        return diagnostics(scores, selection, self._runner.splits)
+
+    @property
+    def tracker(self) -> Tracker:
+        return self._runner.tracker
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._runner.tracker.log_metrics(self.run_id, metrics, step)

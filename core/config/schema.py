@@ -74,11 +74,17 @@ class SelectionSpec(ComponentSpec):
     kind: ClassVar[str] = "selection"
 
 
+class RandAugmentConfig(Strict):
+    num_ops: int = Field(default=2, ge=1, description="ops applied to each image")
+    magnitude: int = Field(default=9, ge=0, le=30, description="strength of each op (0-30)")
+
+
 class AugmentConfig(Strict):
-    """Augmentation applied to training batches (per sample, on the device)."""
+    """Augmentation applied to training batches (a separate draw per sample)."""
 
     crop_padding: int = Field(default=0, ge=0, description="random crop after zero padding")
     flip: bool = Field(default=False, description="random horizontal flip")
+    randaugment: RandAugmentConfig | None = Field(default=None, description="strong augmentation (noise)")
 
 
 class DataConfig(ComponentSpec):
@@ -130,8 +136,8 @@ class StageConfig(Strict):
         return []
 
 
-class TrainingStageConfig(StageConfig):
-    """A stage that runs the shared training loop."""
+class TrainingConfig(Strict):
+    """How the shared training loop trains: a stage's fields, or a phase's (a fine-tune)."""
 
     epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=128, ge=1)
@@ -141,11 +147,15 @@ class TrainingStageConfig(StageConfig):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: AugmentConfig | None = Field(default=None, description="defaults to data.augment")
     train_subset: int | None = Field(
-        default=None, ge=1, description="train on a class-balanced subset of this many rows"
+        default=None, ge=1, description="train on a class-balanced subset of this many labeled rows"
     )
     select_on: str = Field(
         default="val/accuracy", description="metric that picks the best epoch (names ending in 'loss' are minimised)"
     )
+
+
+class TrainingStageConfig(StageConfig, TrainingConfig):
+    """A stage that runs the shared training loop."""
 
 
 # --- the whole file ------------------------------------------------------------------

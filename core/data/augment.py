@@ -76,14 +76,31 @@ class BatchAugment:
 
     crop_padding: int = 0
     flip: bool = False
+    randaugment: tuple[int, int] | None = None  # (num_ops, magnitude): strong augmentation, uint8 only
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip
+        return self.crop_padding > 0 or self.flip or self.randaugment is not None
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.randaugment is not None:
+            x = rand_augment(x, *self.randaugment)
         if self.crop_padding > 0:
             x = random_crop(x, self.crop_padding, generator)
         if self.flip:
             x = random_flip(x, generator)
         return x
+
+
+def rand_augment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
+    """torchvision's RandAugment (Cubuk et al. 2020) with its own draw for every sample.
+
+    v2.RandAugment draws one op sequence per call, so it is called per sample;
+    its draws come from torch's global generator, which the training loop seeds
+    per epoch (so runs and resumed runs repeat). A loop over the batch: fine on
+    the small images of CPU runs, the batched GPU version belongs to the fast path.
+    """
+    from torchvision.transforms import v2
+
+    augment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    return torch.stack([augment(image) for image in x])

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .augment import BatchAugment
-from .splits import UnlabeledSet, derive_seed
+from .splits import UnlabeledImages, UnlabeledSet, derive_seed
 from .types import ImageSet
 
 
@@ -35,7 +35,7 @@ class Batches:
     (pixel value 0), as with torchvision's ``RandomCrop(padding=...)``.
     """
 
-    def __init__(self, data: ImageSet | UnlabeledSet, batch_size: int, *, shuffle: bool,
+    def __init__(self, data: ImageSet | UnlabeledSet | UnlabeledImages, batch_size: int, *, shuffle: bool,
                  drop_last: bool = False, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", augment: BatchAugment | None = None,
                  seed: int = 0):

@@ -57,6 +57,32 @@ class UnlabeledSet:
         return UnlabeledSet(self.images[rows], self.index[rows], self._hidden_labels[rows])
 
 
+@dataclass(frozen=True)
+class UnlabeledImages:
+    """The unlabeled split as methods see it: images and their source rows, no labels at all."""
+
+    images: torch.Tensor
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, rows: torch.Tensor) -> UnlabeledImages:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return UnlabeledImages(self.images[rows], self.index[rows])
+
+
+@dataclass(frozen=True)
+class StageData:
+    """The splits handed to methods: the unlabeled split's labels are not in it."""
+
+    labeled: ImageSet
+    val: ImageSet
+    test: ImageSet
+    unlabeled: UnlabeledImages
+    info: DataInfo
+
+
 @dataclass
 class Splits:
     """The sets a stage works with, all cut from one ``DataBundle``.
@@ -78,6 +104,11 @@ class Splits:
     # Sorted source train indices and their labels, for reveal_labels only.
     _train_index: torch.Tensor | None = field(default=None, repr=False, compare=False)
     _train_labels: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def for_methods(self) -> StageData:
+        """What a method may see: everything but the unlabeled split's labels."""
+        unlabeled = UnlabeledImages(self.unlabeled.images, self.unlabeled.index)
+        return StageData(self.labeled, self.val, self.test, unlabeled, self.info)
 
     def reveal_labels(self, index: torch.Tensor) -> torch.Tensor:
         """True labels of source train rows ``index`` (e.g. ``unlabeled.index``).

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..config.schema import AugmentConfig, TrainingStageConfig
+from ..config.schema import AugmentConfig, TrainingConfig
 from ..data.augment import BatchAugment
 from ..data.loader import Batches
 from ..data.types import DataInfo, ImageSet
@@ -68,6 +68,11 @@ class FitResult:
     history: list[dict[str, float]]
     best: dict[str, float]
     last: dict[str, float]
+
+
+def batch_augment(cfg: AugmentConfig) -> BatchAugment:
+    strong = (cfg.randaugment.num_ops, cfg.randaugment.magnitude) if cfg.randaugment else None
+    return BatchAugment(cfg.crop_padding, cfg.flip, strong)
 
 
 def seed_for(seed: int, epoch: int) -> int:
@@ -128,7 +133,7 @@ def predict(model: nn.Module, batches: Batches, runtime: Runtime) -> tuple[torch
 
 def fit(
     task: TrainTask,
-    cfg: TrainingStageConfig,
+    cfg: TrainingConfig,
     *,
     stage: str,
     seed: int,
@@ -152,7 +157,7 @@ def fit(
     train = Batches(
         task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size,
         mean=info.mean, std=info.std, device=device, seed=seed,
-        augment=BatchAugment(augment.crop_padding, augment.flip),
+        augment=batch_augment(augment),
     )
     evals = {
         name: Batches(data, cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device)

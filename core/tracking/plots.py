@@ -185,3 +185,19 @@ def confusion_matrix_figure(cm: torch.Tensor, class_names: list[str] | None = No
                 ax.text(j, i, str(value), ha="center", va="center", color=colour,
                         fontsize=cell_font)
     return fig
+
+
+def confidence_histogram(scored: Any, selected: Any, bins: int = 20) -> Figure:
+    """Teacher confidence (top-1 probability) over all scored images and over the selected rows."""
+    import numpy as np
+
+    fig = _new_figure(6.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ax.hist(np.asarray(scored, dtype=float), bins=edges, alpha=0.6, label=f"scored ({len(scored)})")
+    ax.hist(np.asarray(selected, dtype=float), bins=edges, alpha=0.6, label=f"selected ({len(selected)})")
+    ax.set_xlabel("teacher confidence")
+    ax.set_ylabel("images")
+    ax.set_title("pseudo-label confidence")
+    ax.legend(loc="upper left")
+    return fig

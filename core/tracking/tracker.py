@@ -7,7 +7,6 @@ active-run stack), so nesting and resuming a run are plain arguments.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -149,10 +148,10 @@ class Tracker:
         # start_run(run_id=...) ended the run FINISHED on exit; the caller decides when it ends
         self.reopen(run_id)
 
-    def dump_json(self, run_id: str, data: Any, artifact_file: str) -> None:
+    def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name
-            path.write_text(json.dumps(data, indent=2, default=str))
+            path.write_bytes(data)
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
 

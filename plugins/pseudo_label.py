@@ -1,0 +1,169 @@
+"""Pseudo-labelling: a teacher labels the unlabeled split, a student learns from it.
+
+Two published pipelines, one stage kind:
+- Yalniz et al. 2019 (``mode: pretrain``): the student pre-trains on the
+  selected pseudo-labeled set, then fine-tunes on the labeled data (``finetune``).
+- Noisy Student, Xie et al. 2020 (``mode: joint``): the student trains on
+  labeled and pseudo-labeled images together, with noise (``augment.randaugment``,
+  the model's dropout); ``rounds: N`` makes each round's student the next teacher.
+Each round is a nested MLflow run with its pseudo-label diagnostics.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import polars as pl
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from mentor import hookimpl
+from mentor.config.schema import ModelKey, SelectionSpec, StageName, TrainingConfig, TrainingStageConfig
+from mentor.data.types import ImageSet
+from mentor.engine.loop import TrainTask
+from mentor.pseudo_labels import score, soft_targets
+
+
+class PseudoLabelStage(TrainingStageConfig):
+    """Teacher scores the unlabeled split; a selection strategy picks rows; a student learns.
+
+    The stage's own training fields (epochs, optimizer, ...) drive the student's
+    pre-training (pretrain) or joint training (joint); ``finetune`` adds a
+    phase on the labeled data only.
+    """
+
+    teacher: StageName = Field(description="the stage whose trained model labels the unlabeled split")
+    student: ModelKey = Field(description="a key of `models`: the student's architecture")
+    init: StageName | None = Field(default=None, description="start the student from this stage's weights")
+    top_p: int = Field(default=10, ge=1, description="classes kept per scored image (memory: N x top_p)")
+    selection: SelectionSpec = Field(description="a selection strategy (see `mentor plugins`)")
+    labels: Literal["hard", "soft"] = Field(
+        default="hard", description="hard: the selected class; soft: the teacher's top-P distribution")
+    mode: Literal["pretrain", "joint"] = Field(
+        default="pretrain", description="pretrain: pseudo-labels only; joint: labeled + pseudo-labeled batches")
+    unlabeled_ratio: float = Field(
+        default=1.0, gt=0, description="joint: pseudo-labeled images per labeled image in a batch (in expectation)")
+    finetune: TrainingConfig | None = Field(default=None, description="then train on the labeled data only")
+    rounds: int = Field(default=1, ge=1, description="Noisy Student: each round's student teaches the next")
+    score_batch_size: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _ratio_only_for_joint(self):
+        if self.mode == "pretrain" and self.unlabeled_ratio != 1.0:
+            raise ValueError("unlabeled_ratio applies to mode: joint only")
+        return self
+
+
+def _rows_of(unlabeled_index: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """Rows of the unlabeled set holding the source indices ``wanted``."""
+    lookup = torch.full((int(unlabeled_index.max()) + 1,), -1, dtype=torch.long)
+    lookup[unlabeled_index] = torch.arange(len(unlabeled_index))
+    return lookup[wanted]
+
+
+def pseudo_labeled_set(ctx, scores: pl.DataFrame, selection: pl.DataFrame, labels: str):
+    """The selected rows as training images with target distributions [M, C]."""
+    unlabeled = ctx.splits.unlabeled
+    index = torch.from_numpy(selection["index"].to_numpy()).long()
+    images = unlabeled.images[_rows_of(unlabeled.index, index)]
+    if labels == "soft":
+        targets = soft_targets(scores, index, ctx.info.num_classes)
+    else:
+        targets = F.one_hot(torch.from_numpy(selection["label"].to_numpy()).long(), ctx.info.num_classes).float()
+    return images, index, targets
+
+
+def training_set(ctx, stage: PseudoLabelStage, images, index, targets):
+    """An ImageSet whose labels are row numbers into ``targets`` (hard or soft alike).
+
+    In joint mode the labeled rows are repeated so that, in expectation, a batch
+    holds ``unlabeled_ratio`` pseudo-labeled images per labeled one.
+    """
+    if stage.mode == "joint":
+        labeled = ctx.training_data()
+        repeats = max(1, round(len(images) / (stage.unlabeled_ratio * max(len(labeled), 1))))
+        lab_images = labeled.images.repeat(repeats, 1, 1, 1)
+        lab_targets = F.one_hot(labeled.labels, ctx.info.num_classes).float().repeat(repeats, 1)
+        images = torch.cat([images, lab_images])
+        targets = torch.cat([targets, lab_targets])
+        index = torch.cat([index, labeled.index.repeat(repeats)])
+    data = ImageSet(images, torch.arange(len(images)), index)
+    return data, targets
+
+
+def log_round(ctx, scores: pl.DataFrame, selection: pl.DataFrame, round_number: int) -> dict[str, float]:
+    """Pseudo-label diagnostics, the histogram of confidences, the table as parquet and dataset."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    from mentor.tracking.plots import confidence_histogram
+
+    metrics, per_class = ctx.pseudo_label_diagnostics(scores, selection)
+    ctx.log_metrics(metrics, step=round_number)
+    tracker, run = ctx.tracker, ctx.run_id
+    confidence = scores.filter(pl.col("rank") == 0)["prob"].to_numpy()
+    tracker.log_figure(run, confidence_histogram(confidence, selection["prob"].to_numpy()),
+                       "pseudo_labels/confidence.png")
+    for name, table in (("selected", selection), ("per_class", per_class)):
+        buffer = io.BytesIO()
+        table.write_parquet(buffer)
+        tracker.log_bytes(run, buffer.getvalue(), f"pseudo_labels/{name}.parquet")
+    tracker.log_text(run, per_class.write_csv(), "pseudo_labels/per_class.csv")
+    dataset = mlflow.data.from_polars(selection, name=f"{ctx.stage.name}-pseudo-labels-round{round_number}")
+    tracker.client.log_inputs(run, [DatasetInput(dataset._to_mlflow_entity(),
+                                                 [InputTag("mlflow.data.context", "pseudo_labels")])])
+    return metrics
+
+
+def run_pseudo_label(stage: PseudoLabelStage, ctx):
+    if len(ctx.splits.unlabeled) == 0:
+        raise ValueError(f"stage '{stage.name}': the unlabeled split is empty; set data.labeled_per_class")
+    teacher = ctx.trained_model(stage.teacher)
+    select = ctx.registry.get("selection", stage.selection.name).factory(**stage.selection.params)
+    result = None
+    for round_number in range(1, stage.rounds + 1):
+        with ctx.nested(f"round{round_number}", {"mentor.round": str(round_number)}):
+            teacher.to(ctx.device)
+            scores = score(teacher, ctx.splits.unlabeled, top_p=stage.top_p, batch_size=stage.score_batch_size,
+                           mean=ctx.info.mean, std=ctx.info.std, runtime=ctx.runtime)
+            selection = select(scores)
+            if len(selection) == 0:
+                raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
+            log_round(ctx, scores, selection, round_number)
+            images, index, targets = pseudo_labeled_set(ctx, scores, selection, stage.labels)
+            data, targets = training_set(ctx, stage, images, index, targets)
+            student = ctx.build_model(stage.student, init=stage.init)
+            targets = targets.to(ctx.device)
+
+            def step(x, rows, student=student, targets=targets):
+                logits = student(x)
+                loss = F.cross_entropy(logits.float(), targets[rows], label_smoothing=stage.label_smoothing)
+                return loss, {}
+
+            last = round_number == stage.rounds
+            result = ctx.fit(TrainTask(model=student, step=step, data=data), stage.student,
+                             phase=f"round{round_number}/train", export=last and stage.finetune is None)
+            if stage.finetune is not None:
+                result = fine_tune(ctx, stage, student, round_number, export=last)
+            teacher = student  # Noisy Student: the student labels the next round
+    ctx.log_metrics(result.metrics, step=stage.epochs)  # the last round's summary, on the stage's own run
+    return result
+
+
+def fine_tune(ctx, stage: PseudoLabelStage, student, round_number: int, export: bool):
+    cfg = stage.finetune
+
+    def step(x, y):
+        logits = student(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing), {}
+
+    return ctx.fit(TrainTask(model=student, step=step, data=ctx.training_data(cfg)), stage.student, cfg,
+                   phase=f"round{round_number}/finetune", step_offset=stage.epochs, export=export)
+
+
+@hookimpl
+def register_methods(register):
+    register("pseudo_label", run_pseudo_label, params=PseudoLabelStage,
+             description="a teacher labels the unlabeled split; a student pre-trains/fine-tunes or trains jointly")
