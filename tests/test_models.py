@@ -273,3 +273,27 @@ def test_adapt_first_conv_random_keeps_hyperparameters():
     for attr in ("out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
         assert getattr(new, attr) == getattr(first, attr)
     assert (new.bias is None) == (first.bias is None)
+
+
+def test_stochastic_depth_drops_residual_branches_in_training_only():
+    import torch
+
+    from mentor.plugins import load_plugins
+
+    registry = load_plugins().registry
+    for name in ("resnet20", "wrn_16_2"):
+        component = registry.get("model", name)
+        plain = component.build(10, 3)
+        noisy = component.build(10, 3, stochastic_depth=0.5)
+        rates = [m.p for m in noisy.modules() if type(m).__name__ == "StochasticDepth"]
+        assert rates[-1] == 0.5 and rates[0] == 0.5 / len(rates)  # linear decay rule
+        assert all(m.p == 0 for m in plain.modules() if type(m).__name__ == "StochasticDepth")
+        noisy.load_state_dict(plain.state_dict())  # no new parameters
+        x = torch.randn(4, 3, 32, 32)
+        plain.eval()
+        noisy.eval()
+        assert torch.allclose(plain(x), noisy(x), atol=1e-6)  # identity at inference
+        noisy.train()
+        torch.manual_seed(0)
+        outs = [noisy(x) for _ in range(2)]
+        assert not torch.allclose(outs[0], outs[1])  # different blocks dropped on each pass

@@ -219,3 +219,18 @@ def test_ui_serves_the_same_store(workdir, plugins, tiny_config):
     finally:
         ui.terminate()
         ui.wait(timeout=30)
+
+
+def test_eval_every_evaluates_on_schedule_and_selects_among_evaluated_epochs(workdir, plugins, tiny_config):
+    tiny_config["stages"][1]["epochs"] = 5
+    tiny_config["stages"][1]["eval_every"] = 2
+    tiny_config["tracking"]["log_model"] = False
+    results = run_experiment(experiment(tiny_config, plugins), plugins)
+    history = results["student"].history
+    assert [("val/accuracy" in epoch) for epoch in history] == [False, True, False, True, True]
+    assert all("train/loss" in epoch for epoch in history)
+    c = client(workdir)
+    _, stages = runs_by_stage(c, "tiny")
+    steps = sorted(m.step for m in c.get_metric_history(stages["student"].info.run_id, "test/accuracy"))
+    assert steps == [1, 3, 4]
+    assert results["student"].metrics["best/epoch"] in (1, 3, 4)

@@ -1,13 +1,14 @@
 """Pseudo-labelling end to end on synthetic data: diagnostics in MLflow, hidden labels hidden."""
 
 import io
+from pathlib import Path
 
 import polars as pl
 import pytest
 from mlflow import MlflowClient
 
 from mentor import hookimpl
-from mentor.config import validate_document
+from mentor.config import load_experiment, validate_document
 from mentor.config.document import Document
 from mentor.config.schema import TrainingStageConfig
 from mentor.pipeline import run_experiment
@@ -129,3 +130,53 @@ def test_parquet_roundtrip_of_scores_schema():
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     assert pl.read_parquet(io.BytesIO(buffer.getvalue())).schema == frame.schema
+
+
+class StopAfter:
+    """Interrupts like Ctrl-C at the n-th end of epoch of a stage (any phase)."""
+
+    def __init__(self, stage, calls):
+        self.stage, self.calls = stage, calls
+
+    @hookimpl
+    def on_epoch_end(self, stage, ctx, epoch, metrics):
+        if stage.name == self.stage:
+            self.calls -= 1
+            if self.calls == 0:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("calls", [2, 3], ids=["in-pretrain", "in-finetune"])
+def test_interrupted_pseudo_label_stage_resumes_to_the_same_result(workdir, tiny_config, monkeypatch, calls):
+    config = ssl_config(tiny_config, finetune={"epochs": 2, "batch_size": 16},
+                        augment={"randaugment": {"num_ops": 1, "magnitude": 5}})
+    plugins = load_plugins(extra=[SyntheticData()])
+    reference = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)
+
+    other = workdir / "again"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    stopping = load_plugins(extra=[SyntheticData(), StopAfter("pl", calls)])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate_document(Document("t", config), stopping.registry), stopping)
+    resumed = run_experiment(validate_document(Document("t", config), plugins.registry), plugins, resume=True)
+    assert resumed["pl"].metrics == reference["pl"].metrics
+    strip = [{k: v for k, v in e.items() if k != "throughput"} for e in resumed["pl"].history]
+    assert strip == [{k: v for k, v in e.items() if k != "throughput"} for e in reference["pl"].history]
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "experiments" / "cifar10").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_cifar10_ssl_recipes_run_at_tiny_size(recipe, workdir, plugins):
+    overrides = ["data.source=synthetic", "data.params={channels: 3, size: 32, train_size: 120, test_size: 16}",
+                 "data.val_size=16", "data.labeled_per_class=4", "tracking.log_model=false",
+                 "engine.progress=none", "stages[2].selection.params.per_class=6", "stages[2].rounds=2",
+                 "stages[2].selection.params.min_confidence=0"]  # an untrained teacher is not confident
+    exp = load_experiment(recipe, overrides, plugins.registry)
+    for stage in exp.stages:
+        stage.epochs, stage.batch_size = 1, 16
+        if getattr(stage, "finetune", None):
+            stage.finetune.epochs = 1
+    results = run_experiment(exp, plugins)
+    assert set(results) == {"supervised", "pl_finetune", "noisy_student"}
+    assert all(0 <= r.metrics["last/test/accuracy"] <= 1 for r in results.values())

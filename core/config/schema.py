@@ -152,6 +152,9 @@ class TrainingConfig(Strict):
     select_on: str = Field(
         default="val/accuracy", description="metric that picks the best epoch (names ending in 'loss' are minimised)"
     )
+    eval_every: int = Field(
+        default=1, ge=1, description="evaluate on val and test every n epochs (and always after the last)"
+    )
 
 
 class TrainingStageConfig(StageConfig, TrainingConfig):

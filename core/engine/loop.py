@@ -210,12 +210,14 @@ def fit(
             metrics = {f"train/{k}": v.item() / max(batches, 1) for k, v in sums.items()}
             metrics["lr"] = optimizer.param_groups[0]["lr"]
             metrics["throughput"] = seen / max(elapsed, 1e-9)
-            for name, batches_ in evals.items():
-                for key, value in evaluate(task.model, batches_, runtime).items():
-                    metrics[f"{name}/{key}"] = value
+            evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            if evaluated:
+                for name, batches_ in evals.items():
+                    for key, value in evaluate(task.model, batches_, runtime).items():
+                        metrics[f"{name}/{key}"] = value
             metrics["epoch"] = epoch
             history.append(metrics)
-            if is_better(metrics, best, cfg.select_on):
+            if evaluated and is_better(metrics, best, cfg.select_on):
                 best = dict(metrics)
             checkpoint.save_atomic(
                 {

@@ -14,6 +14,20 @@ class DropoutParams(Params):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability, 0 = off")
 
 
+class ResidualParams(DropoutParams):
+    """Residual families also take stochastic depth (Huang et al. 2016), Noisy Student's third noise."""
+
+    stochastic_depth: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="drop probability of the last residual block; earlier blocks scale linearly down to 0",
+    )
+
+
+def drop_rates(stochastic_depth: float, blocks: int) -> list[float]:
+    """Linear decay rule: block i of n is dropped with probability p * (i + 1) / n."""
+    return [stochastic_depth * (i + 1) / blocks for i in range(blocks)]
+
+
 def init_weights(model: nn.Module) -> None:
     """He (kaiming normal, fan_out) for convs, BN to identity, small-normal linear heads.
 

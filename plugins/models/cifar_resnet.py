@@ -20,18 +20,19 @@ so ``torchvision.models.feature_extraction`` can trace it and hand out any node
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
 
-from ._common import DropoutParams, init_weights
+from ._common import ResidualParams, drop_rates, init_weights
 
 
-class ResNetParams(DropoutParams):
-    """CIFAR ResNet parameters: ``dropout`` before the final linear layer."""
+class ResNetParams(ResidualParams):
+    """CIFAR ResNet parameters: ``dropout`` before the final linear layer, ``stochastic_depth``."""
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus a shortcut; ReLU after the addition."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, drop_path: float = 0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -45,11 +46,12 @@ class BasicBlock(nn.Module):
             )
         else:
             self.shortcut = nn.Identity()
+        self.drop_path = StochasticDepth(drop_path, "row")  # identity in eval mode or at 0
         self.relu2 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.drop_path(self.bn2(self.conv2(out)))
         out = out + self.shortcut(x)
         return self.relu2(out)
 
@@ -58,19 +60,20 @@ class CifarResNet(nn.Module):
     """``stem`` -> ``layer1..3`` -> ``pool`` (global average) -> ``dropout`` -> ``fc``."""
 
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int,
-                 in_channels: int = 3, dropout: float = 0.0):
+                 in_channels: int = 3, dropout: float = 0.0, stochastic_depth: float = 0.0):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
+        rates = iter(drop_rates(stochastic_depth, 3 * n))
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
         )
-        self.layer1 = self._make_layer(widths[0], widths[1], n, stride=1)
-        self.layer2 = self._make_layer(widths[1], widths[2], n, stride=2)
-        self.layer3 = self._make_layer(widths[2], widths[3], n, stride=2)
+        self.layer1 = self._make_layer(widths[0], widths[1], n, 1, rates)
+        self.layer2 = self._make_layer(widths[1], widths[2], n, 2, rates)
+        self.layer3 = self._make_layer(widths[2], widths[3], n, 2, rates)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.dropout = nn.Dropout(dropout)
@@ -78,9 +81,9 @@ class CifarResNet(nn.Module):
         init_weights(self)
 
     @staticmethod
-    def _make_layer(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = [BasicBlock(in_planes, planes, stride)]
-        layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
+    def _make_layer(in_planes: int, planes: int, blocks: int, stride: int, rates) -> nn.Sequential:
+        layers = [BasicBlock(in_planes, planes, stride, next(rates))]
+        layers += [BasicBlock(planes, planes, 1, next(rates)) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,34 +99,40 @@ _PLAIN = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)
 
 
-def resnet20(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+def resnet20(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> CifarResNet:
     """CIFAR ResNet-20 (16-32-64 channels, ~0.27M parameters at 10 classes)."""
-    return CifarResNet(20, _PLAIN, num_classes, in_channels, dropout)
+    return CifarResNet(20, _PLAIN, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def resnet32(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+def resnet32(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> CifarResNet:
     """CIFAR ResNet-32 (16-32-64 channels, ~0.47M parameters)."""
-    return CifarResNet(32, _PLAIN, num_classes, in_channels, dropout)
+    return CifarResNet(32, _PLAIN, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def resnet56(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+def resnet56(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> CifarResNet:
     """CIFAR ResNet-56 (16-32-64 channels, ~0.86M parameters)."""
-    return CifarResNet(56, _PLAIN, num_classes, in_channels, dropout)
+    return CifarResNet(56, _PLAIN, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def resnet110(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+def resnet110(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> CifarResNet:
     """CIFAR ResNet-110 (16-32-64 channels, ~1.73M parameters)."""
-    return CifarResNet(110, _PLAIN, num_classes, in_channels, dropout)
+    return CifarResNet(110, _PLAIN, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def resnet8x4(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+def resnet8x4(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> CifarResNet:
     """CIFAR ResNet-8 at 4x width (64-128-256 channels, ~1.23M parameters)."""
-    return CifarResNet(8, _X4, num_classes, in_channels, dropout)
+    return CifarResNet(8, _X4, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def resnet32x4(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+def resnet32x4(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> CifarResNet:
     """CIFAR ResNet-32 at 4x width (64-128-256 channels, ~7.43M parameters)."""
-    return CifarResNet(32, _X4, num_classes, in_channels, dropout)
+    return CifarResNet(32, _X4, num_classes, in_channels, dropout, stochastic_depth)
 
 
 FACTORIES = {

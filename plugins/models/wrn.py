@@ -19,18 +19,19 @@ Feature extraction: no in-place operations and no data-dependent control flow
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
 
-from ._common import DropoutParams, init_weights
+from ._common import ResidualParams, drop_rates, init_weights
 
 
-class WideResNetParams(DropoutParams):
+class WideResNetParams(ResidualParams):
     """Wide ResNet parameters: ``dropout`` between the two convolutions of every block."""
 
 
 class PreActBlock(nn.Module):
     """Pre-activation block; the 1x1 projection (if any) sees the activated input."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float):
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float, drop_path: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.ReLU()
@@ -39,6 +40,7 @@ class PreActBlock(nn.Module):
         self.relu2 = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.drop_path = StochasticDepth(drop_path, "row")  # identity in eval mode or at 0
         self.project = stride != 1 or in_planes != planes
         self.shortcut = (
             nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
@@ -51,7 +53,7 @@ class PreActBlock(nn.Module):
         identity = self.shortcut(act) if self.project else self.shortcut(x)
         out = self.conv1(act)
         out = self.dropout(self.relu2(self.bn2(out)))
-        out = self.conv2(out)
+        out = self.drop_path(self.conv2(out))
         return out + identity
 
 
@@ -59,16 +61,17 @@ class WideResNet(nn.Module):
     """``stem`` -> ``layer1..3`` -> ``norm`` -> ``relu`` -> ``pool`` -> ``fc``."""
 
     def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int = 3,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, stochastic_depth: float = 0.0):
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"Wide ResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
+        rates = iter(drop_rates(stochastic_depth, 3 * n))
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
-        self.layer1 = self._make_layer(widths[0], widths[1], n, 1, dropout)
-        self.layer2 = self._make_layer(widths[1], widths[2], n, 2, dropout)
-        self.layer3 = self._make_layer(widths[2], widths[3], n, 2, dropout)
+        self.layer1 = self._make_layer(widths[0], widths[1], n, 1, dropout, rates)
+        self.layer2 = self._make_layer(widths[1], widths[2], n, 2, dropout, rates)
+        self.layer3 = self._make_layer(widths[2], widths[3], n, 2, dropout, rates)
         self.norm = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -78,9 +81,9 @@ class WideResNet(nn.Module):
 
     @staticmethod
     def _make_layer(in_planes: int, planes: int, blocks: int, stride: int,
-                    dropout: float) -> nn.Sequential:
-        layers = [PreActBlock(in_planes, planes, stride, dropout)]
-        layers += [PreActBlock(planes, planes, 1, dropout) for _ in range(blocks - 1)]
+                    dropout: float, rates) -> nn.Sequential:
+        layers = [PreActBlock(in_planes, planes, stride, dropout, next(rates))]
+        layers += [PreActBlock(planes, planes, 1, dropout, next(rates)) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,24 +96,28 @@ class WideResNet(nn.Module):
         return self.fc(x)
 
 
-def wrn_16_2(num_classes: int, in_channels: int, dropout: float = 0.0) -> WideResNet:
+def wrn_16_2(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> WideResNet:
     """WRN-16-2 (32-64-128 channels, ~0.70M parameters)."""
-    return WideResNet(16, 2, num_classes, in_channels, dropout)
+    return WideResNet(16, 2, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def wrn_28_2(num_classes: int, in_channels: int, dropout: float = 0.0) -> WideResNet:
+def wrn_28_2(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> WideResNet:
     """WRN-28-2 (32-64-128 channels, ~1.47M parameters at 10 classes)."""
-    return WideResNet(28, 2, num_classes, in_channels, dropout)
+    return WideResNet(28, 2, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def wrn_40_1(num_classes: int, in_channels: int, dropout: float = 0.0) -> WideResNet:
+def wrn_40_1(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> WideResNet:
     """WRN-40-1 (16-32-64 channels, ~0.57M parameters)."""
-    return WideResNet(40, 1, num_classes, in_channels, dropout)
+    return WideResNet(40, 1, num_classes, in_channels, dropout, stochastic_depth)
 
 
-def wrn_40_2(num_classes: int, in_channels: int, dropout: float = 0.0) -> WideResNet:
+def wrn_40_2(num_classes: int, in_channels: int, dropout: float = 0.0,
+             stochastic_depth: float = 0.0) -> WideResNet:
     """WRN-40-2 (32-64-128 channels, ~2.2M parameters)."""
-    return WideResNet(40, 2, num_classes, in_channels, dropout)
+    return WideResNet(40, 2, num_classes, in_channels, dropout, stochastic_depth)
 
 
 FACTORIES = {
