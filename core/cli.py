@@ -1,4 +1,4 @@
-"""The ``mentor`` command: run, validate, schema, plugins, compare, ui.
+"""The ``mentor`` command: run, sweep, validate, schema, plugins, compare, ui.
 
 User mistakes (a bad file, an unknown plugin, a missing dataset, a corrupt
 checkpoint) end with a located one-line message and exit code 2, never a
@@ -56,6 +56,56 @@ def cmd_run(args) -> int:
             print(f"{name:>20}: test accuracy {last:.4f} (last), {best:.4f} (at best val epoch)")
     print(f"compare runs with: mentor compare {experiment.tracking.experiment or experiment.name}")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .search.storage import masked
+    from .search.sweep import Sweep, SweepError, run_workers, worker_command
+
+    experiment, plugins = _load(args.file, args.set)
+    try:
+        sweep = Sweep(experiment, plugins, trials=args.trials, storage=args.storage, study_name=args.study,
+                      worker=args.worker_index).open()
+    except SweepError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    launcher = args.worker_index is None  # a worker of --workers leaves the talking and the summary to it
+    if launcher:
+        print(f"study '{sweep.study_name}' in {masked(sweep.url)}: {len(sweep.study.trials)} trials so far, "
+              f"taking trials until it holds {sweep.target}", flush=True)
+    status, code = "FAILED", 0
+    try:
+        workers = min(args.workers, sweep.remaining())  # no more workers than trials to take
+        if workers > 1:
+            command = worker_command(args.file, args.set, sweep.search.trials, sweep.url, sweep.study_name)
+            codes = run_workers(command, workers)
+            for i, rc in enumerate(codes):
+                if rc != 0:
+                    _err(f"worker {i} exited with code {rc}")
+            code = 1 if any(codes) else 0
+        else:
+            sweep.work()
+        status = "FINISHED" if code == 0 else "FAILED"
+    except KeyboardInterrupt:
+        status, code = "KILLED", EXIT_INTERRUPTED
+        if launcher:
+            _err(f"\ninterrupted. Continue the sweep with the same command (study '{sweep.study_name}')")
+    finally:
+        if launcher:
+            _sweep_summary(sweep, sweep.finish(status))
+    return code
+
+
+def _sweep_summary(sweep, best_path) -> None:
+    from .search.report import best_trial
+
+    best = best_trial(sweep.study)
+    if best is not None:
+        print(f"best: trial {best.number}, {sweep.search.metric} = {best.value:.4f}")
+    if best_path is not None:
+        print(f"its config: {best_path}  (mentor run {best_path})")
+    name = sweep.experiment.tracking.experiment or sweep.experiment.name
+    print(f"compare trials with: mentor compare {name} --level trial --study {sweep.study_name}")
 
 
 def cmd_schema(args) -> int:
@@ -149,17 +199,18 @@ def _layers(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .tracking.compare import leaderboard, render
+    from .tracking.compare import compare, render
     from .tracking.store import tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     try:
-        df = leaderboard(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level)
-    except ValueError as exc:  # unknown experiment or metric: the message has a did-you-mean
+        df = compare(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level,
+                     study=args.study)
+    except ValueError as exc:  # unknown experiment, metric or study: the message has a did-you-mean
         _err(f"error: {exc}")
         return EXIT_USAGE
     if args.format == "table":  # keep the terminal view narrow; csv/json keep every column
-        df = df.drop([c for c in ("parent_run_id", "parent_run_name") if c in df.columns])
+        df = df.drop([c for c in ("parent_run_id", "parent_run_name", "sweep_run_id") if c in df.columns])
         df = df.with_columns(df["run_id"].str.slice(0, 8)) if "run_id" in df.columns else df
     print(render(df, args.format))
     return 0
@@ -197,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the last unfinished run of this file (or the given parent run)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("sweep", help="search hyperparameters with Optuna (the file's search block)")
+    with_file(p)
+    p.add_argument("--trials", type=_positive, default=None, metavar="N",
+                   help="the study's size: take trials until it holds N (default: search.trials); "
+                        "running again continues the study, a larger N adds trials")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="where the study lives: an RDB URL for several machines "
+                        "(postgresql+psycopg2://user:pw@host/db) or journal:PATH; "
+                        "default: a journal file in mlruns/sweeps/<study>/")
+    p.add_argument("--study", default=None, metavar="NAME", help="the study's name (default: the experiment's)")
+    p.add_argument("--workers", type=_positive, default=1, metavar="K",
+                   help="worker processes on this machine, sharing the study (default 1)")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by --workers
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("validate", help="check an experiment file without running it")
     with_file(p)
     p.set_defaults(func=cmd_validate)
@@ -219,12 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("compare", help="leaderboard of an experiment's runs from MLflow")
-    p.add_argument("experiment", help="experiment name (the file's `name:`)")
+    p = sub.add_parser("compare", help="leaderboard of experiments' runs (or sweep trials) from MLflow")
+    p.add_argument("experiment", nargs="+", help="experiment name(s) (the file's `name:`); several side by side")
     p.add_argument("--metric", default="test/accuracy")
     p.add_argument("--by", choices=["best", "last"], default="best",
                    help="best: at the epoch of best validation; last: final epoch")
-    p.add_argument("--level", choices=["stage", "experiment"], default="stage")
+    p.add_argument("--level", choices=["stage", "experiment", "trial"], default="stage",
+                   help="stage runs, whole runs, or sweep trials (ranked by their objective)")
+    p.add_argument("--study", default=None, help="--level trial: only this study's trials")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_compare)
@@ -235,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_ui)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def _interrupt(signum, frame):

@@ -40,6 +40,11 @@ class NothingToResume(Exception):
     """``--resume`` found no unfinished run of this experiment and config."""
 
 
+class StopRun(Exception):
+    """Raised by a hook to stop a run on purpose (a pruned search trial, early stopping):
+    its runs end KILLED, not FAILED, and the exception goes on to the caller."""
+
+
 @dataclass
 class StageResult:
     """What a stage leaves for later stages and for the record."""
@@ -233,7 +238,7 @@ class StageContext:
         try:
             yield child
             status = "FINISHED"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRun):
             status = "KILLED"
             raise
         finally:
@@ -259,12 +264,19 @@ class StageContext:
 
 
 class ExperimentRunner:
-    """Runs (or resumes) one experiment end to end."""
+    """Runs (or resumes) one experiment end to end.
 
-    def __init__(self, experiment, plugins: Plugins | None = None):
+    ``parent_run_id`` nests the experiment's run under another run (a search
+    trial's); ``tags`` are added to the experiment's run.
+    """
+
+    def __init__(self, experiment, plugins: Plugins | None = None, parent_run_id: str | None = None,
+                 tags: dict[str, str] | None = None):
         self.experiment = experiment
         self.plugins = plugins or default_plugins()
-        self.config = experiment.model_dump(mode="json")
+        self.parent_run_id = parent_run_id
+        self.tags = dict(tags or {})
+        self.config = experiment.model_dump(mode="json", exclude={"search"})  # what runs, not how it is searched
         self.hash = config_hash(self.config)
         self.results: dict[str, StageResult] = {}
 
@@ -299,13 +311,13 @@ class ExperimentRunner:
         self.tracker = Tracker(exp.tracking.experiment or exp.name, exp.tracking.uri)
         tags = {
             "mentor.kind": "experiment", "mentor.version": __version__, "mentor.git_commit": git_commit(),
-            "mentor.config_hash": self.hash, "mentor.device": str(self.runtime.device),
+            "mentor.config_hash": self.hash, "mentor.device": str(self.runtime.device), **self.tags,
         }
         if resume or resume_run_id:
             self.parent = self._find_resumable(resume_run_id)
             self.tracker.reopen(self.parent)
         else:
-            self.parent = self.tracker.start_run(exp.name, tags)
+            self.parent = self.tracker.start_run(exp.name, tags, parent=self.parent_run_id)
             self.tracker.log_params(self.parent, self.config)
             self.tracker.log_text(self.parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
         self.run_dir = Path(exp.tracking.checkpoint_dir) / exp.name / self.parent
@@ -334,7 +346,7 @@ class ExperimentRunner:
                 self.tracker.end_run(stage_run, "FINISHED")
                 stage_run = None
             status = "FINISHED"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRun):
             status = "KILLED"
             raise
         finally:
@@ -361,14 +373,15 @@ class ExperimentRunner:
 
 
 def run_experiment(experiment, plugins: Plugins | None = None, resume: bool = False,
-                   resume_run_id: str | None = None) -> dict[str, StageResult]:
-    return ExperimentRunner(experiment, plugins).run(resume=resume, resume_run_id=resume_run_id)
+                   resume_run_id: str | None = None, parent_run_id: str | None = None) -> dict[str, StageResult]:
+    return ExperimentRunner(experiment, plugins, parent_run_id).run(resume=resume, resume_run_id=resume_run_id)
 
 
 __all__ = [
     "ExperimentRunner",
     "NothingToResume",
     "StageContext",
+    "StopRun",
     "StageResult",
     "TrainTask",
     "run_experiment",

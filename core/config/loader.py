@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -109,9 +110,13 @@ def _clean_location(doc: Document, loc: Sequence[str | int]) -> list[str | int]:
 def _problem(doc: Document, err: dict, registry: Registry, model: type[BaseModel]) -> Problem:
     loc = _clean_location(doc, err["loc"])
     message = err["msg"]
-    if err["type"] == "union_tag_invalid":
+    in_stages = bool(loc) and loc[0] == "stages"
+    if err["type"] == "union_tag_invalid" and in_stages:
         message = unknown_name_message("stage kind", err["ctx"]["tag"], registry.names("method"))
-    elif err["type"] == "union_tag_not_found":
+    elif err["type"] == "union_tag_invalid":  # e.g. search.pruner.name
+        tags = re.findall(r"'([^']*)'", err["ctx"]["expected_tags"])
+        message = unknown_name_message(str(loc[-1]) if loc else "name", err["ctx"]["tag"], tags)
+    elif err["type"] == "union_tag_not_found" and in_stages:
         message = f"a stage needs a 'kind' (one of: {', '.join(registry.names('method'))})"
     elif err["type"] == "literal_error" and loc and loc[-1] == "kind":
         message = unknown_name_message("stage kind", err["input"], registry.names("method"))
@@ -160,11 +165,12 @@ def _concrete(tp: Any, node: Any) -> Any:
             if len(members) == 1:
                 tp = members[0]
                 continue
-            kind = node.get("kind") if isinstance(node, dict) else None
-            for member in members:
-                field = getattr(member, "model_fields", {}).get("kind")
-                if field is not None and kind in typing.get_args(field.annotation):
-                    return member
+            for tag in ("kind", "name"):  # the discriminators in use (stages, pruners)
+                value = node.get(tag) if isinstance(node, dict) else None
+                for member in members:
+                    field = getattr(member, "model_fields", {}).get(tag)
+                    if value is not None and field is not None and value in typing.get_args(field.annotation):
+                        return member
             return None
         return tp
 
@@ -259,6 +265,11 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
         for i, stage in enumerate(experiment.stages):
             for path, message in stage.check(experiment, registry):
                 report(("stages", i, *path), message)
+    if not problems and getattr(experiment, "search", None) is not None:
+        from ..search.config import check as check_search  # paths, values and metric, against this experiment
+
+        for path, message in check_search(experiment, registry):
+            report(path, message)
     return problems
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..search.config import SearchConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -199,3 +201,4 @@ class ExperimentBase(Strict):
     stages: list[Any] = Field(min_length=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    search: SearchConfig | None = Field(default=None, description="hyperparameter search (`mentor sweep`)")

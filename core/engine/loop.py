@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -38,6 +38,14 @@ class TrainTask:
     trained, evaluated and exported; ``extra`` modules (regressors, heads)
     are trained and checkpointed with it but not exported; ``frozen`` ones
     (teachers) are kept in eval mode on the device.
+
+    ``manual``: the step optimises by itself (methods that update several
+    models per step with their own optimizers, such as Meta Pseudo Labels);
+    the loop then neither backpropagates nor steps an optimizer or schedule,
+    it only logs the returned loss. ``state`` holds the objects such a task
+    keeps between steps (its optimizers, schedules, counters: anything with
+    ``state_dict``/``load_state_dict``); the loop saves them in its per-epoch
+    checkpoint and restores them on resume.
     """
 
     model: nn.Module
@@ -46,6 +54,8 @@ class TrainTask:
     extra: dict[str, nn.Module] = field(default_factory=dict)
     frozen: dict[str, nn.Module] = field(default_factory=dict)
     on_epoch: Callable[[int], None] | None = None  # told each epoch's number before it starts
+    manual: bool = False
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -152,8 +162,9 @@ def fit(
         module.eval().requires_grad_(False)
 
     trainable = [task.model, *task.extra.values()]
-    params = [p for m in trainable for p in m.parameters()]
-    optimizer = build_optimizer(params, cfg.optimizer, device)
+    optimizer = None
+    if not task.manual:
+        optimizer = build_optimizer([p for m in trainable for p in m.parameters()], cfg.optimizer, device)
     train = Batches(
         task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size,
         mean=info.mean, std=info.std, device=device, seed=seed,
@@ -164,8 +175,11 @@ def fit(
         for name, data in eval_sets.items()
         if len(data) > 0
     }
-    scheduler = build_scheduler(optimizer, cfg.schedule, len(train), cfg.epochs, cfg.optimizer.lr)
-    step_fn = torch.compile(task.step) if runtime.compile else task.step
+    scheduler = None
+    if optimizer is not None:
+        scheduler = build_scheduler(optimizer, cfg.schedule, len(train), cfg.epochs, cfg.optimizer.lr)
+    # a manual step calls backward and optimizers itself: compile its models, not the step
+    step_fn = torch.compile(task.step) if runtime.compile and not task.manual else task.step
 
     start, history, best = 0, [], {}
     if checkpoint_path.is_file():
@@ -173,8 +187,11 @@ def fit(
         checkpoint.load_weights(task.model, state["model"], str(checkpoint_path))
         for name, module in task.extra.items():
             checkpoint.load_weights(module, state["extra"][name], f"{checkpoint_path} (extra {name})")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        for name, obj in task.state.items():
+            obj.load_state_dict(state["state"][name])
         start, history, best = state["epoch"], state["history"], state["best"]
 
     progress = Progress(runtime.progress, stage, cfg.epochs, len(train))
@@ -194,10 +211,11 @@ def fit(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(runtime):
                     loss, extra = step_fn(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
                 for key, value in {"loss": loss, **extra}.items():
                     value = value.detach().float()
                     sums[key] = sums[key] + value if key in sums else value
@@ -208,7 +226,8 @@ def fit(
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
             metrics = {f"train/{k}": v.item() / max(batches, 1) for k, v in sums.items()}
-            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            if optimizer is not None:  # a manual task reports its own learning rates
+                metrics["lr"] = optimizer.param_groups[0]["lr"]
             metrics["throughput"] = seen / max(elapsed, 1e-9)
             evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             if evaluated:
@@ -223,8 +242,9 @@ def fit(
                 {
                     "model": task.model.state_dict(),
                     "extra": {k: m.state_dict() for k, m in task.extra.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "state": {k: obj.state_dict() for k, obj in task.state.items()},
                     "epoch": epoch + 1,
                     "history": history,
                     "best": best,

@@ -2,7 +2,9 @@
 
 ``runs_table`` flattens every run of an experiment into one row (ids, mentor tags, status,
 timing, the latest value of every metric); ``leaderboard`` ranks stage runs (or whole
-``mentor run`` parents) by a metric; ``render`` turns either into text, CSV or JSON.
+``mentor run`` parents) by a metric; ``trial_leaderboard`` ranks the trials of sweeps;
+``compare`` puts several experiments side by side at any of these levels; ``render`` turns
+a board into text, CSV or JSON.
 
 Runs are read as MLflow ``Run`` objects through ``MlflowClient.search_runs`` with
 pagination; pandas is never involved.
@@ -21,7 +23,7 @@ import polars as pl
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-__all__ = ["leaderboard", "render", "runs_table"]
+__all__ = ["compare", "leaderboard", "render", "runs_table", "trial_leaderboard"]
 
 #: Tag names mentor writes on its runs.
 TAG_KIND = "mentor.kind"
@@ -49,6 +51,7 @@ SUMMARY_COLUMNS = ("best/val/accuracy", "best/test/accuracy", "last/test/accurac
 
 _BY = ("best", "last")
 _LEVELS = ("stage", "experiment")
+LEVELS = (*_LEVELS, "trial")  # what compare() takes
 _FORMATS = ("table", "csv", "json")
 _PAGE_SIZE = 1000
 
@@ -295,6 +298,120 @@ def _experiment_board(table: pl.DataFrame, stages: pl.DataFrame) -> pl.DataFrame
     )
     return board.select("rank", "run_name", "value", *stage_columns, "kind", "status",
                         "run_id", "start_time")
+
+
+# --------------------------------------------------------------------------- sweep trials
+
+
+def _typed(values: list[str | None]) -> pl.Series:
+    """MLflow params are text: give a column of numbers its number type."""
+    column = pl.Series(values, dtype=pl.String())
+    present = column.null_count()
+    for dtype in (pl.Int64(), pl.Float64()):
+        cast = column.cast(dtype, strict=False)
+        if cast.null_count() == present:
+            return cast
+    return column
+
+
+def trial_leaderboard(experiment: str, *, study: str | None = None,
+                      tracking_uri: str | None = None) -> pl.DataFrame:
+    """The trials of the sweeps in an experiment (runs tagged ``mentor.kind=trial``), ranked.
+
+    One row per trial, columns ``rank, study, trial, value, state``, one column per searched
+    path (the sampled values, numbers typed as numbers), then ``status, duration_s, run_id,
+    sweep_run_id, start_time``. ``value`` is the trial's objective; ranks run within each
+    study, best first in the study's direction (its sweep run's ``mentor.direction`` tag);
+    trials without a value (pruned, failed, running) come last, unranked. ``study`` keeps
+    one study's trials.
+    """
+    client, uri = _client(tracking_uri)
+    runs = _search_runs(client, _experiment_id(client, experiment, uri))
+    sweeps = {r.data.tags.get("mentor.study"): r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"}
+    trials = [r for r in runs if r.data.tags.get(TAG_KIND) == "trial"
+              and (study is None or r.data.tags.get("mentor.study") == study)]
+    if study is not None and study not in sweeps:
+        known = sorted(k for k in sweeps if k)
+        message = f"no sweep with study {study!r} in experiment {experiment!r}; studies: "
+        message += ", ".join(repr(k) for k in known) if known else "(none)"
+        close = difflib.get_close_matches(study, known, n=1)
+        raise ValueError(message + (f"; did you mean {close[0]!r}?" if close else ""))
+    names = sorted({key for r in trials for key in r.data.params})
+    columns: dict[str, Any] = {
+        "study": pl.Series([r.data.tags.get("mentor.study") for r in trials], dtype=pl.String()),
+        "trial": pl.Series([int(r.data.tags.get("mentor.trial", -1)) for r in trials], dtype=pl.Int64()),
+        "value": pl.Series([r.data.metrics.get("value") for r in trials], dtype=pl.Float64()),
+        "state": pl.Series([r.data.tags.get("mentor.state") for r in trials], dtype=pl.String()),
+    }
+    reserved = set(columns) | {"rank", "status", "duration_s", "run_id", "sweep_run_id", "start_time"}
+    params = {(f"params.{n}" if n in reserved else n): _typed([r.data.params.get(n) for r in trials])
+              for n in names}
+    columns.update(params)
+    columns.update({
+        "status": pl.Series([r.info.status for r in trials], dtype=pl.String()),
+        "duration_s": pl.Series([(r.info.end_time - r.info.start_time) / 1000.0
+                                 if r.info.start_time is not None and r.info.end_time else None
+                                 for r in trials], dtype=pl.Float64()),
+        "run_id": pl.Series([r.info.run_id for r in trials], dtype=pl.String()),
+        "sweep_run_id": pl.Series([r.data.tags.get(TAG_PARENT) for r in trials], dtype=pl.String()),
+        "start_time": pl.Series([_ms_to_datetime(r.info.start_time) for r in trials],
+                                dtype=BASE_SCHEMA["start_time"]),
+    })
+    df = pl.DataFrame(columns)
+    # order: studies as they started, then best first in each study's direction
+    order = {name: i for i, name in enumerate(
+        sorted(sweeps, key=lambda k: (sweeps[k].info.start_time or 0, str(k))))}
+    minimize = {name for name, run in sweeps.items() if run.data.tags.get("mentor.direction") == "minimize"}
+    df = df.with_columns(
+        pl.col("study").replace_strict(order, default=len(order), return_dtype=pl.Int64).alias("_study"),
+        pl.when(pl.col("study").is_in(list(minimize))).then(pl.col("value"))
+        .otherwise(-pl.col("value")).alias("_key"),
+    ).sort(["_study", "_key", "trial"], nulls_last=True)
+    df = df.with_columns(
+        pl.when(pl.col("value").is_not_null())
+        .then(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("_study"))
+        .alias("rank"))
+    return df.select("rank", *[c for c in df.columns if c not in ("rank", "_study", "_key")])
+
+
+# --------------------------------------------------------------------------- several experiments
+
+#: Columns that close a board; kept last when boards with different middles are stacked.
+_TAIL = ("kind", "state", "status", "duration_s", "run_id", "parent_run_id", "parent_run_name", "parent",
+         "sweep_run_id", "start_time")
+
+
+def compare(experiments: str | list[str], *, level: str = "stage", metric: str = "test/accuracy",
+            by: str = "best", study: str | None = None, tracking_uri: str | None = None) -> pl.DataFrame:
+    """A leaderboard at ``level`` (stage, experiment or trial) over one or several experiments.
+
+    One experiment: exactly :func:`leaderboard` or :func:`trial_leaderboard`. Several: their
+    boards stacked with an ``experiment`` column after ``rank``; stage and experiment boards
+    are ranked anew across all of them (highest value first), trial boards keep their
+    per-study ranks.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    names = [experiments] if isinstance(experiments, str) else list(experiments)
+    boards = []
+    for name in names:
+        if level == "trial":
+            board = trial_leaderboard(name, study=study, tracking_uri=tracking_uri)
+        else:
+            board = leaderboard(name, metric=metric, by=by, tracking_uri=tracking_uri, level=level)
+        boards.append(board)
+    if len(boards) == 1:
+        return boards[0]
+    stacked = pl.concat([b.with_columns(pl.lit(n, dtype=pl.String()).alias("experiment"))
+                         for n, b in zip(names, boards, strict=True)], how="diagonal_relaxed")
+    if level != "trial":
+        stacked = stacked.sort(["value", "start_time"], descending=[True, False], nulls_last=True).with_columns(
+            pl.when(pl.col("value").is_not_null())
+            .then(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32))
+            .alias("rank"))
+    middle = [c for c in stacked.columns if c not in ("rank", "experiment") and c not in _TAIL]
+    tail = [c for c in _TAIL if c in stacked.columns]
+    return stacked.select("rank", "experiment", *middle, *tail)
 
 
 # --------------------------------------------------------------------------- render
