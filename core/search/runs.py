@@ -8,7 +8,10 @@
           stage ...
 
 The sweep run is looked up by its study tag, so re-runs and other workers (on
-any machine that logs to the same tracking server) add their trials to it.
+any machine that logs to the same tracking server) add their trials to it. Only
+the process that created the study creates its sweep run; one that finds a
+study just made by another waits for that run, so two processes started at the
+same instant still share one sweep run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from mlflow.entities import Metric, RunTag
 from .. import __version__
 from ..tracking.tracker import Tracker
 from .space import mlflow_key
+
+WAIT_S = 60
 
 #: Optuna's trial state -> how the trial's MLflow run ends.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -39,33 +44,26 @@ class SweepRuns:
             f"tags.`mentor.kind` = 'sweep' and tags.`mentor.study` = '{self.study}'")
         return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
-    def open(self, tags: dict[str, str], params: dict[str, Any], config_text: str) -> str:
-        """The study's sweep run: found by tag, else created (and reopened as RUNNING).
+    def open(self, tags: dict[str, str], params: dict[str, Any], config_text: str, wait: bool = False) -> str:
+        """The study's sweep run: found by tag (and reopened as RUNNING), else created.
 
-        Two processes that start at the same instant may both create one; each then
-        keeps the oldest and the younger one is deleted, so one sweep run remains.
+        ``wait``: the study was just made by another process, which makes the sweep run:
+        wait for it to appear (up to a minute) rather than make a second one.
         """
-        runs = self._sweep_runs()
-        if runs:
-            self.run_id = runs[0].info.run_id
-            self.tracker.reopen(self.run_id)
-            return self.run_id
-        mine = self.tracker.start_run(self.study, {
+        deadline = time.time() + (WAIT_S if wait else 0)
+        while True:
+            runs = self._sweep_runs()
+            if runs:
+                self.run_id = runs[0].info.run_id
+                self.tracker.reopen(self.run_id)
+                return self.run_id
+            if time.time() >= deadline:
+                break
+            time.sleep(0.5)
+        self.run_id = self.tracker.start_run(self.study, {
             "mentor.kind": "sweep", "mentor.study": self.study, "mentor.version": __version__, **tags})
-        winner = self._sweep_runs()[0].info.run_id
-        if winner != mine:
-            self.tracker.client.delete_run(mine)
-            self.tracker.reopen(winner)
-        else:
-            self.tracker.log_params(mine, params)
-            self.tracker.log_text(mine, config_text, "config.yaml")
-        self.run_id = winner
-        return winner
-
-    def find(self) -> str | None:
-        """The sweep run made by another process (a worker of ``--workers``)."""
-        runs = self._sweep_runs()
-        self.run_id = runs[0].info.run_id if runs else None
+        self.tracker.log_params(self.run_id, params)
+        self.tracker.log_text(self.run_id, config_text, "config.yaml")
         return self.run_id
 
     # -- trials ---------------------------------------------------------------------------

@@ -92,9 +92,14 @@ class Sweep:
             storage = open_storage(self.url, on_stale=stale)
         except StorageError as exc:
             raise SweepError(str(exc)) from None
-        self.study = optuna.create_study(
-            storage=storage, study_name=self.study_name, load_if_exists=True, direction=self.search.goal,
-            sampler=space.make_sampler(self.search, self.worker or 0), pruner=space.make_pruner(self.search))
+        sampler, pruner = space.make_sampler(self.search, self.worker or 0), space.make_pruner(self.search)
+        try:  # exactly one process creates a study (the storage sees to it): that one makes the sweep run
+            self.study = optuna.create_study(storage=storage, study_name=self.study_name, direction=self.search.goal,
+                                             sampler=sampler, pruner=pruner)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            self.study = optuna.load_study(storage=storage, study_name=self.study_name, sampler=sampler, pruner=pruner)
+            created = False
         if self.study.direction.name.lower() != self.search.goal:
             raise SweepError(f"study '{self.study_name}' in {masked(self.url)} was made to "
                              f"{self.study.direction.name.lower()}, this file asks to {self.search.goal}: "
@@ -102,14 +107,14 @@ class Sweep:
         exp = self.experiment
         self.tracker = Tracker(exp.tracking.experiment or exp.name, exp.tracking.uri)
         self.runs = stale.runs = SweepRuns(self.tracker, self.study_name)
-        if self.worker is None or self.runs.find() is None:
-            config = exp.model_dump(mode="json")
-            search = self.search.model_dump(mode="json")
-            search["space"] = {space.mlflow_key(k): str({kk: vv for kk, vv in v.items() if vv not in (None, False)})
-                               for k, v in search["space"].items()}
-            tags = {"mentor.metric": self.search.metric, "mentor.direction": self.search.goal,
-                    "mentor.storage": masked(self.url), "mentor.git_commit": git_commit()}
-            self.runs.open(tags, {"search": search}, yaml.safe_dump(config, sort_keys=False))
+        search = self.search.model_dump(mode="json")
+        search["space"] = {space.mlflow_key(k): str({kk: vv for kk, vv in v.items() if vv not in (None, False)})
+                           for k, v in search["space"].items()}
+        tags = {"mentor.metric": self.search.metric, "mentor.direction": self.search.goal,
+                "mentor.storage": masked(self.url), "mentor.git_commit": git_commit()}
+        config = yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
+        # a study without trials that another process just created: that process is making the sweep run
+        self.runs.open(tags, {"search": search}, config, wait=not created and not self.study.trials)
         self._fail_dead_local_trials()
         return self
 

@@ -114,7 +114,8 @@ class Tracker:
         self.client.log_batch(run_id, metrics=items, synchronous=False)
 
     def flush(self) -> None:
-        mlflow.flush_async_logging()
+        with fluent_tracking_uri(self.uri):  # the fluent flush would otherwise open ./mlflow.db
+            mlflow.flush_async_logging()
 
     # -- artifacts ----------------------------------------------------------------
     def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
