@@ -1,4 +1,4 @@
-"""The ``mentor`` command: run, sweep, validate, schema, plugins, compare, ui.
+"""The ``mentor`` command: run, sweep, bench, validate, schema, plugins, compare, ui.
 
 User mistakes (a bad file, an unknown plugin, a missing dataset, a corrupt
 checkpoint) end with a located one-line message and exit code 2, never a
@@ -39,6 +39,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .engine.distributed import is_main
     from .pipeline import run_experiment
 
     experiment, plugins = _load(args.file, args.set)
@@ -47,8 +48,11 @@ def cmd_run(args) -> int:
     try:
         results = run_experiment(experiment, plugins, resume=resume, resume_run_id=run_id)
     except KeyboardInterrupt:
-        _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume")
+        if is_main():  # under torchrun, rank 0 speaks for all
+            _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume")
         return EXIT_INTERRUPTED
+    if not is_main():
+        return 0
     for name, result in results.items():
         best = result.metrics.get("best/test/accuracy")
         last = result.metrics.get("last/test/accuracy")
@@ -216,6 +220,28 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchError, dumps, render, run_bench
+
+    experiment, plugins = _load(args.file, args.set)
+    try:
+        report = run_bench(experiment, plugins, config=args.file, steps=args.steps, warmup=args.warmup,
+                           stages=args.stage, peak_tflops=args.peak_tflops)
+    except BenchError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    if args.out:
+        Path(args.out).write_text(dumps(report) + "\n")
+    if args.json:
+        print(dumps(report))
+        _err(render(report))
+    else:
+        print(render(report))
+        if args.out:
+            print(f"report: {args.out}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from .tracking.store import artifact_root, tracking_uri
 
@@ -296,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench", help="time each stage's training step: images/s, breakdown, memory, FLOPs, MFU")
+    with_file(p)
+    p.add_argument("--steps", type=_positive, default=20, metavar="N", help="timed steps per stage (default 20)")
+    p.add_argument("--warmup", type=int, default=5, metavar="W", help="warm-up steps before timing (default 5)")
+    p.add_argument("--stage", action="extend", nargs="+", default=None, metavar="NAME",
+                   help="only these stages (default: every stage)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the JSON report here")
+    p.add_argument("--json", action="store_true", help="print the JSON report (the table goes to stderr)")
+    p.add_argument("--peak-tflops", type=float, default=None, metavar="X",
+                   help="the device's peak TFLOP/s for MFU (default: dense bf16 peak of known GPUs)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ui", help="open the MLflow UI on mentor's store")
     p.add_argument("--host", default="127.0.0.1")

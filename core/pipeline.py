@@ -6,6 +6,11 @@ State lives in ``<checkpoint_dir>/<experiment>/<parent run id>/<stage>/``: the
 loop's checkpoint, the final weights and ``result.json`` (written last, it
 marks the stage done), so ``mentor run --resume`` skips finished stages and
 continues the interrupted one from its last epoch.
+
+Under torchrun every rank runs the stages; rank 0 alone records in MLflow
+(the others get a ``NullTracker``), decides which parent run (and so which
+state folder) the run uses and hands it to the others, and writes the state
+files, which the others read after a barrier.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from .config.schema import LossSpec, TrainingConfig
 from .data.loader import Batches
 from .data.splits import Splits, StageData, balanced_subset, make_splits
 from .data.types import DataInfo, ImageSet
-from .engine import checkpoint
+from .engine import checkpoint, distributed
 from .engine.loop import FitResult, Runtime, TrainTask, fit, predict
 from .losses import Loss
 from .plugins import Plugins, default_plugins
-from .tracking.tracker import Tracker
+from .tracking.tracker import NullTracker, Tracker
 
 SUMMARY_KEYS = ("val/accuracy", "test/accuracy", "val/loss", "test/loss")
 
@@ -187,16 +192,18 @@ class StageContext:
         )
         weights = folder / "final.pt"
         model = getattr(task.model, "_orig_mod", task.model)
-        checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)
         summary = {f"best/{k}": result.best[k] for k in SUMMARY_KEYS if k in result.best}
         summary.update({f"last/{k}": result.last[k] for k in SUMMARY_KEYS if k in result.last})
         if "epoch" in result.best:
             summary["best/epoch"] = step_offset + result.best["epoch"]
-        tracker.log_metrics(self.run_id, summary, step=step_offset + cfg.epochs)
-        self._log_artifacts(model, model_key, result, weights, f"{phase}/" if phase else "", export)
         outcome = StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
-        if phase:
-            outcome.save(done)
+        if distributed.is_main():
+            checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)
+            tracker.log_metrics(self.run_id, summary, step=step_offset + cfg.epochs)
+            self._log_artifacts(model, model_key, result, weights, f"{phase}/" if phase else "", export)
+            if phase:
+                outcome.save(done)
+        distributed.barrier()  # the other ranks may read final.pt from here on
         return outcome
 
     def _log_artifacts(self, model: nn.Module, model_key: str, result: FitResult, weights: Path,
@@ -305,21 +312,37 @@ class ExperimentRunner:
         )
 
     def run(self, resume: bool = False, resume_run_id: str | None = None) -> dict[str, StageResult]:
+        """Run the stages; under torchrun, in the process group of all ranks."""
+        self.runtime = choose_runtime(self.experiment.engine)
+        with distributed.group(self.runtime.device) as device:
+            self.runtime.device = device
+            return self._run(resume, resume_run_id)
+
+    def _open_parent(self, resume: bool, resume_run_id: str | None) -> str:
+        """Create (or find, to resume) the experiment's MLflow run; rank 0 only."""
         exp = self.experiment
-        self.runtime = choose_runtime(exp.engine)
-        self.splits = self._load_data()
         self.tracker = Tracker(exp.tracking.experiment or exp.name, exp.tracking.uri)
         tags = {
             "mentor.kind": "experiment", "mentor.version": __version__, "mentor.git_commit": git_commit(),
-            "mentor.config_hash": self.hash, "mentor.device": str(self.runtime.device), **self.tags,
+            "mentor.config_hash": self.hash, "mentor.device": str(self.runtime.device),
+            "mentor.world_size": str(distributed.world_size()), **self.tags,
         }
         if resume or resume_run_id:
-            self.parent = self._find_resumable(resume_run_id)
-            self.tracker.reopen(self.parent)
-        else:
-            self.parent = self.tracker.start_run(exp.name, tags, parent=self.parent_run_id)
-            self.tracker.log_params(self.parent, self.config)
-            self.tracker.log_text(self.parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
+            parent = self._find_resumable(resume_run_id)
+            self.tracker.reopen(parent)
+            return parent
+        parent = self.tracker.start_run(exp.name, tags, parent=self.parent_run_id)
+        self.tracker.log_params(parent, self.config)
+        self.tracker.log_text(parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
+        return parent
+
+    def _run(self, resume: bool, resume_run_id: str | None) -> dict[str, StageResult]:
+        exp = self.experiment
+        with distributed.main_first():  # a download happens once
+            self.splits = self._load_data()
+        if not distributed.is_main():
+            self.tracker = NullTracker(exp.tracking.experiment or exp.name)
+        self.parent = distributed.on_main(lambda: self._open_parent(resume, resume_run_id))
         self.run_dir = Path(exp.tracking.checkpoint_dir) / exp.name / self.parent
         self.run_dir.mkdir(parents=True, exist_ok=True)
         hook = self.plugins.hook
@@ -338,7 +361,8 @@ class ExperimentRunner:
                 hook.on_stage_start(stage=stage, ctx=ctx)
                 method = self.plugins.registry.get("method", stage.kind)
                 result = method.factory(stage, ctx)
-                result.save(done)
+                if distributed.is_main():
+                    result.save(done)
                 self.results[stage.name] = result
                 self.tracker.log_metrics(self.parent, {f"{stage.name}/{k}": v for k, v in result.metrics.items()})
                 hook.on_stage_end(stage=stage, ctx=ctx, result=result)

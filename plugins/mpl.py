@@ -9,19 +9,23 @@ One step (``MetaPseudoLabels.step``):
    sampled from its softmax, its argmax, or the softmax itself (``labels``);
 3. the student takes one optimizer step on the strong view with those labels;
 4. the teacher gets the student's feedback: its loss on the labeled batch
-   before (L_old) and after (L_new) that step. With hard labels the teacher's
+   before (L_old) and after (L_new) that step, both measured with the same
+   dropout masks and without touching BatchNorm statistics (``same_noise``),
+   so that they differ by the step alone. With hard labels the teacher's
    MPL term is ``h * CE(label, teacher logits)`` with ``h = L_old - L_new``
    (minus a moving ``baseline``): REINFORCE on the student's post-step
    labeled loss. With soft labels it is the first-order change of L_new as a
-   function of the teacher's soft target, ``lr * g . d CE(q, S) / d theta``
-   differentiated through ``q`` (see ``soft_feedback``);
+   function of the teacher's soft target q, ``L_old - lr g . grad_theta CE(q, S)``
+   with ``g`` the labeled-loss gradient before the step, differentiated through ``q``
+   (``directional_log_probs`` gives ``g . grad_theta log S``);
 5. with ``uda:`` the teacher also learns from the labeled batch (CE) and from
    UDA consistency (Xie et al. 2020); with ``ema_decay`` an EMA of the student
    is evaluated and exported; ``finetune:`` then trains the exported student
    on the labeled data alone.
 
-What the references do, and what the options here mean (all tested against an
-exact second-order computation in tests/test_mpl.py):
+What the references do, and what the options here mean (tests/test_mpl.py
+checks the sign, ``sampled``/``soft`` labels, both views and the baseline
+against an exact gradient through the student's step):
 
 - ``feedback_sign``. The paper's appendix derives the teacher gradient
   ``h * grad_T CE(y_hat, T(x_u))`` with ``h = lr * grad L_l(theta') . grad
@@ -37,7 +41,10 @@ exact second-order computation in tests/test_mpl.py):
   the official code uses 0.99 and folds the current ``h`` in before
   subtracting; here the average of *earlier* steps is subtracted, which keeps
   the estimator unbiased). kekmodel's current code has it commented out;
-  an earlier version started it at a random value. Soft labels need none.
+  an earlier version started it at a random value (and detached the
+  teacher's logits in its MPL term: no gradient at all). Soft labels need
+  none: q sums to 1, so a constant added to every class's coefficient
+  leaves their term's gradient unchanged.
 - ``labels``. ``sampled`` (default): a class drawn from the teacher's softmax,
   as in the paper's derivation; unbiased: the expected MPL update equals the
   exact gradient of the expected post-step labeled loss, at any learning rate.
@@ -70,6 +77,11 @@ accuracy is measured in the core: every ``teacher_accuracy_every`` epochs the
 teacher scores (un-augmented) ``teacher_accuracy_images`` unlabeled images and
 ``ctx.pseudo_label_diagnostics`` gives ``pseudo/teacher_accuracy`` (logged at
 the start of the next epoch with the finished epoch's step, and after the last).
+
+Under torchrun each rank takes its shard of the labeled and of the unlabeled
+batch; the step averages over ranks what one process would compute on the
+whole batch: both models' gradients, ``L_old`` and ``L_new`` (so ``h`` and the
+baseline are the global batch's) and, for soft labels, the gradient ``g``.
 """
 
 from __future__ import annotations
@@ -97,6 +109,7 @@ from mentor.data.augment import BatchAugment
 from mentor.data.loader import Batches
 from mentor.data.splits import UnlabeledImages, derive_seed
 from mentor.data.strong_augment import MAX_MAGNITUDE, StrongAugment
+from mentor.engine import distributed
 from mentor.engine.loop import TrainTask
 from mentor.engine.optim import build_optimizer, build_scheduler, lr_factor
 from mentor.pseudo_labels import score
@@ -348,6 +361,7 @@ class MetaPseudoLabels:
         if soft:
             grad_old = torch.autograd.grad(old, params, allow_unused=True)
             grad_old = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grad_old, strict=True)]
+            distributed.average_tensors(grad_old)  # g of the whole labeled batch under torchrun
             old = old.detach()
         log_p = _f32(self.student(x_us)).log_softmax(1)
         pseudo_loss = -(smooth(target, opt.label_smoothing) * log_p).sum(1).mean()
@@ -355,11 +369,14 @@ class MetaPseudoLabels:
         lr = self.student_optimizer.param_groups[0]["lr"]
         self.student_optimizer.zero_grad(set_to_none=True)
         pseudo_loss.backward()
+        distributed.average_gradients(self.student)
         self.student_optimizer.step()
         if self.ema is not None:
             ema_update(self.ema, self.student, opt.ema_decay)
         with same_noise(self.student, seed), torch.no_grad():
             new = F.cross_entropy(_f32(self.student(x_l)), y_l)
+        old, new = old.detach().clone(), new.clone()
+        distributed.average_tensors([old, new])  # the whole labeled batch's losses under torchrun
 
         h = old - new  # the paper's first-order feedback: > 0 when the step helped
         signed = h if opt.feedback_sign == "old_minus_new" else -h
@@ -394,6 +411,7 @@ class MetaPseudoLabels:
             total = sum(terms.values())
             if total.requires_grad:
                 total.backward()
+                distributed.average_gradients(self.teacher)
             metrics["teacher/loss"] = total.detach()
             metrics.update({f"teacher/loss/{k}": v.detach() for k, v in terms.items()})
         self.teacher_optimizer.step()  # a no-op without gradients (plain MPL while the student waits)
@@ -439,16 +457,18 @@ class UnlabeledFeed:
     def start(self, epoch: int) -> None:
         self.epoch, self.round, self.position = epoch, 0, 0
         self.order = self.batches.order(epoch * 100_000)
-        self.generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "views", epoch))
+        seed = distributed.rank_seed(derive_seed(self.seed, "views", epoch))
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        bs = self.batches.batch_size
-        if self.position + bs > len(self.order):
+        world = distributed.world_size()
+        span = self.batches.batch_size * world  # under torchrun, each rank takes its shard of the global batch
+        if self.position > 0 and self.position + span > len(self.order):
             self.round += 1
             self.position = 0
             self.order = self.batches.order(self.epoch * 100_000 + self.round)
-        rows = self.order[self.position:self.position + bs]
-        self.position += bs
+        rows = distributed.shard(self.order[self.position:self.position + span], distributed.rank() % world, world)
+        self.position += span
         images = self.batches.images[rows]
         weak = self.weak(images, self.generator) if self.weak.active else images
         strong = self.strong(images, self.generator)
@@ -492,7 +512,8 @@ def run_mpl(stage: MPLStage, ctx):
     teacher = ctx.build_model(stage.teacher, init=stage.teacher_init).to(device)
     student = ctx.build_model(stage.student, init=stage.init).to(device)
     labeled = ctx.training_data()
-    steps_per_epoch = len(labeled) // stage.batch_size if len(labeled) > stage.batch_size else 1
+    global_batch = stage.batch_size * distributed.world_size()  # the loop's steps per epoch under torchrun
+    steps_per_epoch = len(labeled) // global_batch if len(labeled) > global_batch else 1
 
     teacher_cfg = stage.teacher_optimizer or stage.optimizer
     teacher_optimizer = build_optimizer(teacher.parameters(), teacher_cfg, device)
@@ -523,7 +544,7 @@ def run_mpl(stage: MPLStage, ctx):
         if epoch > 0 and every and epoch % every == 0:
             ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=epoch - 1)
         feed.start(epoch)
-        mpl.reseed(derive_seed(ctx.seed, "mpl", epoch))
+        mpl.reseed(distributed.rank_seed(derive_seed(ctx.seed, "mpl", epoch)))
         trained["epochs"] += 1
 
     def step(x, y):
@@ -536,7 +557,7 @@ def run_mpl(stage: MPLStage, ctx):
 
     extra = {"teacher": teacher} | ({"student": student} if ema is not None else {})
     task = TrainTask(model=ema if ema is not None else student, step=step, data=labeled, extra=extra,
-                     on_epoch=on_epoch, manual=True, state=mpl.state())
+                     on_epoch=on_epoch, manual=True, state=mpl.state(), averages_gradients=True)
     result = ctx.fit(task, stage.student, phase="mpl" if stage.finetune else None,
                      export=stage.finetune is None)
     if trained["epochs"]:  # this fit trained (not a finished phase skipped on resume)

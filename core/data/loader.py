@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..engine.distributed import shard
 from .augment import BatchAugment
 from .splits import UnlabeledImages, UnlabeledSet, derive_seed
 from .types import ImageSet
@@ -33,14 +34,26 @@ class Batches:
     The images stay uint8 and are moved to ``device`` once, here. Augmentation
     is applied to the uint8 batch before normalisation, so crop padding is black
     (pixel value 0), as with torchvision's ``RandomCrop(padding=...)``.
+
+    Several processes (``world_size > 1``, torchrun): ``batch_size`` is per
+    process. Every rank draws the same order of epoch ``e``, cuts it into
+    global batches of ``batch_size * world_size`` rows and takes its own
+    contiguous ``batch_size`` of each (``distributed.shard``), so the ranks'
+    rows are disjoint, together they are the batch a single process would
+    take with ``batch_size * world_size``, and every rank takes ``len(self)``
+    steps. Rank 0 draws the augmentations a single process draws; rank r > 0
+    from a seed derived from ``(seed, e, r)``.
     """
 
     def __init__(self, data: ImageSet | UnlabeledSet | UnlabeledImages, batch_size: int, *, shuffle: bool,
                  drop_last: bool = False, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", augment: BatchAugment | None = None,
-                 seed: int = 0):
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of world_size {world_size} ranks")
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -62,9 +75,14 @@ class Batches:
             raise ValueError(f"{what} has {len(t)} values for {channels}-channel images")
         return t.reshape(1, -1, 1, 1).to(self.device)
 
+    @property
+    def global_batch_size(self) -> int:
+        """Rows per step over all ranks."""
+        return self.batch_size * self.world_size
+
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, bs = len(self.images), self.global_batch_size
+        return n // bs if self.drop_last else -(-n // bs)
 
     def order(self, epoch: int) -> torch.Tensor:
         """The row order of epoch ``epoch`` (on ``device``)."""
@@ -78,15 +96,20 @@ class Batches:
         """uint8 (or [0, 255] float) images to float32 ``(x / 255 - mean) / std``."""
         return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
 
+    def batch_rows(self, order: torch.Tensor, i: int) -> torch.Tensor:
+        """This rank's rows of step ``i`` of an epoch in ``order``."""
+        bs = self.global_batch_size
+        return shard(order[i * bs:(i + 1) * bs], self.rank, self.world_size)
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
         gen = None
         if self.augment is not None:
             gen = torch.Generator(device=self.device)
-            gen.manual_seed(derive_seed(self.seed, "augment", epoch))
-        bs = self.batch_size
+            salt = ("augment", epoch) if self.rank == 0 else ("augment", epoch, "rank", self.rank)
+            gen.manual_seed(derive_seed(self.seed, *salt))
         for i in range(len(self)):
-            rows = order[i * bs:(i + 1) * bs]
+            rows = self.batch_rows(order, i)
             x = self.images[rows]
             if self.augment is not None:
                 x = self.augment(x, gen)

@@ -4,6 +4,11 @@ Read top to bottom: set up optimizer, schedule and batches; resume from the
 stage's checkpoint if there is one; then per epoch: train, evaluate on val and
 test, checkpoint atomically, report. Every source of randomness in epoch e is
 seeded from (stage seed, e), so a resumed run repeats an uninterrupted one.
+
+Under torchrun (``distributed``) each rank trains on its shard of every
+global batch; the trained modules are wrapped in DistributedDataParallel
+(their gradients averaged over ranks), epoch metrics are summed over ranks,
+and rank 0 alone writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ..config.schema import AugmentConfig, TrainingConfig
 from ..data.augment import BatchAugment
 from ..data.loader import Batches
 from ..data.types import DataInfo, ImageSet
-from . import checkpoint
+from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
 
@@ -46,6 +51,12 @@ class TrainTask:
     keeps between steps (its optimizers, schedules, counters: anything with
     ``state_dict``/``load_state_dict``); the loop saves them in its per-epoch
     checkpoint and restores them on resume.
+
+    Under torchrun the loop averages the gradients of ``model`` and ``extra``
+    over ranks (DDP) for a task it steps; a ``manual`` task must do that
+    itself (``distributed.average_gradients`` between its backward and its
+    optimizer step) and say so with ``averages_gradients``, or it is refused
+    with several processes rather than letting the ranks drift apart.
     """
 
     model: nn.Module
@@ -56,6 +67,7 @@ class TrainTask:
     on_epoch: Callable[[int], None] | None = None  # told each epoch's number before it starts
     manual: bool = False
     state: dict[str, Any] = field(default_factory=dict)
+    averages_gradients: bool = False
 
 
 @dataclass
@@ -78,6 +90,42 @@ class FitResult:
     history: list[dict[str, float]]
     best: dict[str, float]
     last: dict[str, float]
+
+
+class StepModule(nn.Module):
+    """The trained modules with the step as forward: what DistributedDataParallel wraps.
+
+    Methods' steps call their models directly (``model(x)``, a feature tap);
+    running the whole step as this module's forward puts every such call
+    inside DDP's forward, so DDP sees each iteration and averages the
+    gradients of all trained parameters, however the step reached them.
+    """
+
+    def __init__(self, step: StepFn, modules: list[nn.Module]):
+        super().__init__()
+        self.step = step
+        self.trained = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        return self.step(x, y)
+
+
+def data_parallel(task: TrainTask, step: StepFn, runtime: Runtime) -> StepFn:
+    """The step to call: as it is in one process, through DDP with several."""
+    if not distributed.active():
+        return step
+    if task.manual:
+        if not task.averages_gradients:
+            raise ValueError("this method steps its own optimizers without averaging gradients over processes "
+                             "(TrainTask.averages_gradients): run it in one process, not under torchrun")
+        return step
+    trained = [task.model, *task.extra.values()]
+    if not any(p.requires_grad for m in trained for p in m.parameters()):
+        return step
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    return DistributedDataParallel(StepModule(step, trained), device_ids=device_ids)
 
 
 def batch_augment(cfg: AugmentConfig) -> BatchAugment:
@@ -109,7 +157,11 @@ def autocast(runtime: Runtime):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``batches``."""
+    """Accuracy and mean cross-entropy of ``model`` over ``batches``.
+
+    Under torchrun each rank passes its own part of the set; the sums are
+    added over ranks, so every rank gets the whole set's metrics.
+    """
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=runtime.device)
@@ -124,6 +176,14 @@ def evaluate(model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, 
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
     model.train(was_training)
+    if distributed.active():
+        totals = torch.stack([correct.double(), loss_sum.double(), torch.tensor(float(count), device=runtime.device,
+                                                                               dtype=torch.float64)])
+        correct, loss_sum, total = distributed.all_reduce_sum(totals).tolist()
+        count = round(total)
+        if count == 0:
+            return {}
+        return {"accuracy": correct / count, "loss": loss_sum / count}
     if count == 0:
         return {}
     return {"accuracy": correct.item() / count, "loss": loss_sum.item() / count}
@@ -165,13 +225,15 @@ def fit(
     optimizer = None
     if not task.manual:
         optimizer = build_optimizer([p for m in trainable for p in m.parameters()], cfg.optimizer, device)
+    rank, world = distributed.rank() if distributed.active() else 0, distributed.world_size()
     train = Batches(
-        task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size,
+        task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * world,
         mean=info.mean, std=info.std, device=device, seed=seed,
-        augment=batch_augment(augment),
+        augment=batch_augment(augment), rank=rank, world_size=world,
     )
-    evals = {
-        name: Batches(data, cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device)
+    evals = {  # each rank evaluates its part of the set; evaluate() adds the parts up
+        name: Batches(data if world == 1 else data.subset(distributed.split(len(data), rank, world)),
+                      cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device)
         for name, data in eval_sets.items()
         if len(data) > 0
     }
@@ -180,8 +242,10 @@ def fit(
         scheduler = build_scheduler(optimizer, cfg.schedule, len(train), cfg.epochs, cfg.optimizer.lr)
     # a manual step calls backward and optimizers itself: compile its models, not the step
     step_fn = torch.compile(task.step) if runtime.compile and not task.manual else task.step
+    step_fn = data_parallel(task, step_fn, runtime)
 
     start, history, best = 0, [], {}
+    distributed.barrier()  # no rank looks for the checkpoint once rank 0 may be writing this stage's
     if checkpoint_path.is_file():
         state = checkpoint.load(checkpoint_path)
         checkpoint.load_weights(task.model, state["model"], str(checkpoint_path))
@@ -194,10 +258,10 @@ def fit(
             obj.load_state_dict(state["state"][name])
         start, history, best = state["epoch"], state["history"], state["best"]
 
-    progress = Progress(runtime.progress, stage, cfg.epochs, len(train))
+    progress = Progress(runtime.progress if distributed.is_main() else "none", stage, cfg.epochs, len(train))
     try:
         for epoch in range(start, cfg.epochs):
-            torch.manual_seed(seed_for(seed, epoch))  # dropout and any other global draws
+            torch.manual_seed(distributed.rank_seed(seed_for(seed, epoch)))  # dropout and any other global draws
             for module in trainable:
                 module.train()
             progress.start_epoch(epoch)
@@ -225,6 +289,13 @@ def fit(
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
+            if distributed.active():  # one all-reduce per epoch: means over every rank's steps
+                keys = sorted(sums)
+                totals = distributed.all_reduce_sum(torch.stack([*(sums[k].to(device) for k in keys),
+                                                                 torch.tensor(float(seen), device=device)]))
+                sums = dict(zip(keys, totals[:-1], strict=True))
+                batches, seen = batches * world, int(totals[-1].item())
+                distributed.broadcast_buffers(trainable)  # rank 0's BatchNorm statistics, evaluated and saved
             metrics = {f"train/{k}": v.item() / max(batches, 1) for k, v in sums.items()}
             if optimizer is not None:  # a manual task reports its own learning rates
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -238,19 +309,20 @@ def fit(
             history.append(metrics)
             if evaluated and is_better(metrics, best, cfg.select_on):
                 best = dict(metrics)
-            checkpoint.save_atomic(
-                {
-                    "model": task.model.state_dict(),
-                    "extra": {k: m.state_dict() for k, m in task.extra.items()},
-                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "state": {k: obj.state_dict() for k, obj in task.state.items()},
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "best": best,
-                },
-                checkpoint_path,
-            )
+            if distributed.is_main():
+                checkpoint.save_atomic(
+                    {
+                        "model": task.model.state_dict(),
+                        "extra": {k: m.state_dict() for k, m in task.extra.items()},
+                        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "state": {k: obj.state_dict() for k, obj in task.state.items()},
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "best": best,
+                    },
+                    checkpoint_path,
+                )
             progress.end_epoch(epoch, metrics)
             report(epoch, metrics)
     finally:

@@ -157,3 +157,46 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
 
+
+
+class _Ignore:
+    """Any method call, accepted and ignored (for code that reaches ``tracker.client`` directly)."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+class NullTracker:
+    """What ranks other than 0 get under torchrun: the Tracker's calls, nothing recorded.
+
+    Rank 0 alone talks to MLflow, so a run is recorded once however many
+    processes train it; the other ranks run the same code against this.
+    """
+
+    RUN_ID = "not-recorded-on-this-rank"
+
+    def __init__(self, experiment: str, uri: str | None = None):
+        self.experiment, self.uri, self.experiment_id = experiment, uri or "", ""
+        self.client = _Ignore()
+
+    def start_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        return self.RUN_ID
+
+    def find_runs(self, filter_string: str) -> list:
+        return []
+
+    def children(self, parent: str) -> list:
+        return []
+
+    def status(self, run_id: str) -> str:
+        return "RUNNING"
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def __getattr__(self, name: str):  # reopen, end_run, log_*, set_tags, flush
+        if name.startswith("_") or not hasattr(Tracker, name):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None

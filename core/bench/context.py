@@ -1,0 +1,88 @@
+"""Bench mode: a stage's method runs as in a real run, up to the loop, and is measured there.
+
+Why a context and not a copy of each method: the bench must time the step a
+real run takes. So every method runs its own code through the pipeline's
+``StageContext``, with three differences that make it a measurement instead
+of a run:
+
+- ``fit`` measures the task it is handed (``measure.measure_task``) and
+  raises ``Measured`` with the figures, which ends the method there: nothing
+  after the first fit (exports, fine-tunes, further rounds) runs;
+- models that earlier stages would have trained (a teacher, ``init:``) are
+  freshly initialised: a step's time does not depend on the weights, and a
+  bench needs no earlier stage to have run;
+- nothing is recorded: the tracker is a no-op (no MLflow run is created) and
+  the stage folders live in a temporary directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config.loader import trained_model_key
+from ..config.schema import TrainingConfig
+from ..engine.loop import TrainTask
+from ..pipeline import ExperimentRunner, StageContext, choose_runtime
+from ..plugins import Plugins
+from ..tracking.tracker import NullTracker
+
+
+class Measured(BaseException):  # noqa: N818 - a control-flow signal, like StopIteration
+    """Raised by ``BenchContext.fit`` to end the method once its step is measured.
+
+    A ``BaseException`` so that a method's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, figures: dict[str, Any]):
+        super().__init__("stage measured")
+        self.figures = figures
+
+
+class BenchError(Exception):
+    """The bench cannot measure what it was asked to (unknown stage, a method that never fits)."""
+
+
+class BenchRunner(ExperimentRunner):
+    """The pipeline's runner with data and runtime loaded, a no-op tracker and a scratch folder."""
+
+    def __init__(self, experiment, plugins: Plugins, workdir: Path):
+        super().__init__(experiment, plugins)
+        self.runtime = choose_runtime(experiment.engine)
+        self.splits = self._load_data()
+        self.tracker = NullTracker(experiment.tracking.experiment or experiment.name)
+        self.parent = "bench"
+        self.run_dir = Path(workdir)
+
+    def run(self, *args, **kwargs):  # pragma: no cover - guard
+        raise TypeError("a BenchRunner measures stages (mentor.bench.run_bench); it does not run experiments")
+
+
+MeasureFn = Callable[["BenchContext", TrainTask, TrainingConfig], dict[str, Any]]
+
+
+class BenchContext(StageContext):
+    """A ``StageContext`` whose ``fit`` measures the task instead of training it (see the module docstring)."""
+
+    def __init__(self, runner: BenchRunner, index: int, measure: MeasureFn):
+        super().__init__(runner, index)
+        self.run_id = "bench"
+        self._measure = measure
+
+    def build_model(self, key: str, init: str | None = None) -> nn.Module:
+        """A fresh ``models[key]``; ``init`` is ignored (no earlier stage has trained anything)."""
+        return super().build_model(key)
+
+    def trained_model(self, stage_name: str) -> nn.Module:
+        """A freshly initialised model of the architecture stage ``stage_name`` trains."""
+        stage = next((s for s in self.experiment.stages if s.name == stage_name), None)
+        key = trained_model_key(stage) if stage is not None else None
+        if key is None:
+            raise BenchError(f"stage '{stage_name}' trains no model for stage '{self.stage.name}' to use")
+        return self.build_model(key)
+
+    def fit(self, task: TrainTask, model_key: str, cfg: TrainingConfig | None = None, **_) -> None:
+        raise Measured(self._measure(self, task, cfg or self.stage))
