@@ -132,3 +132,10 @@ def test_cli_validate_exit_codes_and_no_traceback(tmp_path):
     good = subprocess.run([sys.executable, "-m", "mentor.cli", "validate",
                            str(ROOT / "experiments" / "quickstart.yaml")], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_experiment_file_validates(path, plugins):
+    """A recipe in the repository that no longer validates is a broken promise to its users."""
+    experiment = load_experiment(path, [], plugins.registry)
+    assert experiment.stages, f"{path} has no stages"

@@ -490,6 +490,35 @@ def mlflow_server(_server_booting):
             time.sleep(0.5)
 
 
+def test_workers_opening_an_empty_postgres_database_together_all_get_the_storage(postgres_url):
+    """Optuna creates its tables on first open; workers that race to do so must all succeed."""
+    import sqlalchemy
+
+    schema = f"race_{uuid.uuid4().hex[:8]}"  # an empty database of our own: a fresh schema
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    url = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    code = ("import sys, time; from mentor.search.storage import open_storage; "
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
+            "s = open_storage(sys.argv[1]); print(len(s.get_all_studies()))")
+    start = time.time() + 3  # every process imports first, then all open at the same moment
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", code, url, str(start)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, outputs
+        assert [o.strip().splitlines()[-1] for o in outputs] == ["0"] * 4
+        with engine.connect() as conn:
+            tables = conn.execute(sqlalchemy.text(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"), {"s": schema}).scalar()
+        assert tables > 5  # Optuna's schema was created there, once
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
 @needs_fashion
 def test_two_machines_share_a_postgres_study_and_an_mlflow_server(workdir, write_yaml, postgres_url,
                                                                   mlflow_server):

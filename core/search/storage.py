@@ -13,7 +13,9 @@ SQLite URLs work for one process at a time only (Optuna's own advice).
 
 from __future__ import annotations
 
+import random
 import re
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -67,13 +69,33 @@ def open_storage(url: str, on_stale: Callable | None = None) -> optuna.storages.
     if url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        return _rdb(url, engine_kwargs, on_stale)
+        return _rdb_creating_schema_once(url, engine_kwargs, on_stale)
     except ModuleNotFoundError as exc:
         raise StorageError(f"study storage '{masked(url)}' needs the database driver '{exc.name}': "
                            f"pip install {'psycopg2-binary' if exc.name == 'psycopg2' else exc.name}") from None
     except Exception as exc:  # sqlalchemy's errors: bad URL, refused connection, bad password
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"cannot open study storage '{masked(url)}': {type(exc).__name__}: {reason}") from None
+
+
+def _rdb_creating_schema_once(url: str, engine_kwargs: dict, on_stale: Callable | None,
+                              attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Open the RDB storage, riding out the race of workers that create a fresh database's tables.
+
+    Optuna creates its tables when a storage is first opened; two workers
+    started together on an empty database both try, and PostgreSQL fails the
+    loser with a unique-constraint error on its catalog. Opening again then
+    finds the tables in place.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return _rdb(url, engine_kwargs, on_stale)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1) + random.random())
 
 
 def _rdb(url: str, engine_kwargs: dict, on_stale: Callable | None) -> optuna.storages.RDBStorage:
