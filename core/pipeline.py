@@ -94,7 +94,8 @@ def choose_runtime(engine) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     elif engine.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    return Runtime(device, torch.bfloat16 if bf16 else None, channels_last, engine.compile, engine.progress)
+    return Runtime(device, torch.bfloat16 if bf16 else None, channels_last, engine.compile, engine.progress,
+                   engine.data_placement, engine.loader_workers)
 
 
 class StageContext:

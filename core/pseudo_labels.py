@@ -27,7 +27,8 @@ def score(model: nn.Module, data: UnlabeledSet | UnlabeledImages, *, top_p: int,
     The model runs in eval mode, without augmentation, in batches on the device.
     """
     model.eval()
-    batches = Batches(data, batch_size, shuffle=False, mean=mean, std=std, device=runtime.device)
+    batches = Batches(data, batch_size, shuffle=False, mean=mean, std=std, device=runtime.device,
+                      placement=runtime.data_placement, workers=runtime.loader_workers)
     indices, classes, probs = [], [], []
     for x, index in batches.epoch(0):
         if runtime.channels_last:

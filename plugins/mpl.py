@@ -469,7 +469,7 @@ class UnlabeledFeed:
             self.order = self.batches.order(self.epoch * 100_000 + self.round)
         rows = distributed.shard(self.order[self.position:self.position + span], distributed.rank() % world, world)
         self.position += span
-        images = self.batches.images[rows]
+        images = self.batches.images[rows].to(self.device, non_blocking=True)  # a no-op for a set held there
         weak = self.weak(images, self.generator) if self.weak.active else images
         strong = self.strong(images, self.generator)
         return self.batches.normalise(weak), self.batches.normalise(strong)

@@ -359,3 +359,42 @@ def test_batches_unlabeled_yields_index():
     assert sorted(idx.tolist()) == sorted(s.unlabeled.index.tolist())
     with pytest.raises(ValueError):
         Batches(s.unlabeled, 0, shuffle=False, mean=(0.5,), std=(0.25,))
+
+
+# --- host placement: DataLoader workers, the same batches ------------------------
+
+
+def batches_of(batches: Batches, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x.clone(), y.clone()) for e in range(epochs) for x, y in batches.epoch(e)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_host_placement_with_workers_gives_the_batches_of_the_resident_path(workers, rank):
+    data = synthetic_set([30, 25, 20], c=3, size=8)
+    common = dict(shuffle=True, drop_last=False, mean=(0.5,) * 3, std=(0.25,) * 3, seed=3,
+                  augment=BatchAugment(crop_padding=2, flip=True), rank=rank, world_size=2)
+    resident = Batches(data, 8, placement="device", **common)
+    host = Batches(data, 8, placement="host", workers=workers, **common)
+    assert resident.resident and not host.resident
+    expected, got = batches_of(resident), batches_of(host)  # two epochs: persistent workers serve both
+    assert len(got) == len(expected) == 2 * len(resident)
+    for (x, y), (ex, ey) in zip(got, expected, strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_host_placement_for_unlabeled_sets_and_evaluation_order():
+    bundle = synthetic_bundle([20, 20])
+    s = make_splits(bundle, val_size=4, labeled_per_class=3, split_seed=0)
+    common = dict(shuffle=False, mean=(0.5,), std=(0.25,))
+    host = Batches(s.unlabeled, 7, placement="host", workers=2, **common)
+    resident = Batches(s.unlabeled, 7, placement="device", **common)
+    assert torch.equal(torch.cat([i for _, i in host.epoch(0)]), s.unlabeled.index)
+    assert torch.equal(torch.cat([x for x, _ in host.epoch(0)]), torch.cat([x for x, _ in resident.epoch(0)]))
+
+
+def test_auto_placement_holds_sets_on_a_cpu_device_and_rejects_unknown_placements():
+    data = synthetic_set([4, 4])
+    assert Batches(data, 2, shuffle=False, mean=(0.5,), std=(0.25,)).resident
+    with pytest.raises(ValueError, match="placement must be auto, device or host"):
+        Batches(data, 2, shuffle=False, mean=(0.5,), std=(0.25,), placement="gpu")

@@ -234,3 +234,14 @@ def test_eval_every_evaluates_on_schedule_and_selects_among_evaluated_epochs(wor
     steps = sorted(m.step for m in c.get_metric_history(stages["student"].info.run_id, "test/accuracy"))
     assert steps == [1, 3, 4]
     assert results["student"].metrics["best/epoch"] in (1, 3, 4)
+
+
+def test_a_run_with_data_on_the_host_equals_the_resident_run(workdir, plugins, tiny_config):
+    """engine.data_placement: host (DataLoader workers) changes where batches are cut, not what they are."""
+    resident = run_experiment(experiment(tiny_config, plugins), plugins)
+    tiny_config["engine"].update(data_placement="host", loader_workers=2)
+    host = run_experiment(experiment(tiny_config, plugins), plugins)
+    for stage in ("teacher", "student"):
+        assert host[stage].metrics == resident[stage].metrics
+        strip = [{k: v for k, v in e.items() if k != "throughput"} for e in host[stage].history]
+        assert strip == [{k: v for k, v in e.items() if k != "throughput"} for e in resident[stage].history]

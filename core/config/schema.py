@@ -173,6 +173,11 @@ class EngineConfig(Strict):
     )
     channels_last: bool | None = Field(default=None, description="default: on for CUDA")
     compile: bool = False
+    data_placement: Literal["auto", "device", "host"] = Field(
+        default="auto", description="device: hold the uint8 data on the GPU (the fast path); host: host memory, "
+        "batches cut by DataLoader workers, pinned, copied without blocking; auto: device when a set takes at "
+        "most half the GPU's free memory")
+    loader_workers: int = Field(default=2, ge=0, description="DataLoader worker processes for data held on the host")
     deterministic: bool = Field(default=True, description="deterministic kernels on CPU")
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
 

@@ -1,15 +1,21 @@
 """Batches for the training loop, cut from an in-memory set by indexing.
 
-No DataLoader and no workers: the whole uint8 set sits on the target device and
-each batch is one index operation, an optional per-sample augmentation and a
-normalisation, all vectorised.
+The fast path: the whole uint8 set sits on the target device and each batch
+is one index operation, an optional per-sample augmentation and a
+normalisation, all vectorised, with no DataLoader and no workers. A set too
+large for the device's memory stays in host memory instead: DataLoader
+workers cut the batches there, they are pinned and copied without blocking,
+and augmentation and normalisation still run on the device. Both paths give
+the same batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..engine.distributed import shard
 from .augment import BatchAugment
@@ -43,12 +49,18 @@ class Batches:
     take with ``batch_size * world_size``, and every rank takes ``len(self)``
     steps. Rank 0 draws the augmentations a single process draws; rank r > 0
     from a seed derived from ``(seed, e, r)``.
+
+    ``placement``: ``device`` holds the set on ``device``; ``host`` keeps it in
+    host memory and has ``workers`` DataLoader processes cut the batches
+    (pinned, copied with ``non_blocking``); ``auto`` is ``device`` unless the
+    set's bytes exceed ``DEVICE_SHARE`` of the CUDA device's free memory.
     """
 
     def __init__(self, data: ImageSet | UnlabeledSet | UnlabeledImages, batch_size: int, *, shuffle: bool,
                  drop_last: bool = False, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", augment: BatchAugment | None = None,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1,
+                 placement: Literal["auto", "device", "host"] = "auto", workers: int = 2):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -61,8 +73,14 @@ class Batches:
         self.augment = augment if augment is not None and augment.active else None
         self.seed = seed
         self.labeled = isinstance(data, ImageSet)
-        self.images = data.images.to(self.device)
-        self.targets = (data.labels if self.labeled else data.index).to(self.device)
+        targets = data.labels if self.labeled else data.index
+        self.resident = resident(data.images, self.device, placement)
+        home = self.device if self.resident else torch.device("cpu")
+        self.images = data.images.to(home)
+        self.targets = targets.to(home)
+        self.workers = workers
+        self._loader: DataLoader | None = None
+        self._sampler = _StepRows()
         c = self.images.shape[1]
         self.mean = self._stat(mean, c, "mean")
         self.std = self._stat(std, c, "std")
@@ -88,9 +106,9 @@ class Batches:
         """The row order of epoch ``epoch`` (on ``device``)."""
         n = len(self.images)
         if not self.shuffle:
-            return torch.arange(n, device=self.device)
+            return torch.arange(n, device=self.images.device)
         g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
-        return torch.randperm(n, generator=g).to(self.device)
+        return torch.randperm(n, generator=g).to(self.images.device)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or [0, 255] float) images to float32 ``(x / 255 - mean) / std``."""
@@ -108,13 +126,66 @@ class Batches:
             gen = torch.Generator(device=self.device)
             salt = ("augment", epoch) if self.rank == 0 else ("augment", epoch, "rank", self.rank)
             gen.manual_seed(derive_seed(self.seed, *salt))
-        for i in range(len(self)):
-            rows = self.batch_rows(order, i)
-            x = self.images[rows]
+        for x, targets in self._cut(order):
             if self.augment is not None:
                 x = self.augment(x, gen)
-            yield self.normalise(x), self.targets[rows]
+            yield self.normalise(x), targets
+
+    def _cut(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's uint8 batches and their targets, on ``device``."""
+        steps = [self.batch_rows(order, i) for i in range(len(self))]
+        if self.resident:
+            for rows in steps:
+                yield self.images[rows], self.targets[rows]
+            return
+        if self._loader is None:
+            self._loader = DataLoader(
+                _Rows(self.images, self.targets), sampler=self._sampler, batch_size=None,
+                num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
+            )
+        self._sampler.steps = steps
+        for x, targets in self._loader:
+            yield x.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch 0; use ``epoch(e)`` in a training loop."""
         return self.epoch(0)
+
+
+DEVICE_SHARE = 0.5  # of the device's free memory a set may take and still be held there
+
+
+def resident(images: torch.Tensor, device: torch.device, placement: str) -> bool:
+    """Whether a set is held on ``device`` (see ``Batches``)."""
+    if placement not in ("auto", "device", "host"):
+        raise ValueError(f"placement must be auto, device or host, got {placement!r}")
+    if placement != "auto":
+        return placement == "device"
+    if device.type != "cuda":
+        return True  # host memory is the device's memory: nothing to gain from workers
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() <= DEVICE_SHARE * free
+
+
+class _Rows(Dataset):
+    """A whole batch per item: ``rows`` (a tensor of row numbers) in, uint8 images and targets out."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        self.images, self.targets = images, targets
+
+    def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[rows], self.targets[rows]
+
+
+class _StepRows(Sampler):
+    """The current epoch's row batches; set before each epoch (persistent workers keep running)."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)

@@ -79,6 +79,8 @@ class Runtime:
     channels_last: bool
     compile: bool
     progress: str
+    data_placement: str = "auto"  # Batches' placement: device (the fast path), host (DataLoader workers), auto
+    loader_workers: int = 2
 
 
 class Reporter(Protocol):
@@ -230,10 +232,12 @@ def fit(
         task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * world,
         mean=info.mean, std=info.std, device=device, seed=seed,
         augment=batch_augment(augment), rank=rank, world_size=world,
+        placement=runtime.data_placement, workers=runtime.loader_workers,
     )
     evals = {  # each rank evaluates its part of the set; evaluate() adds the parts up
         name: Batches(data if world == 1 else data.subset(distributed.split(len(data), rank, world)),
-                      cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device)
+                      cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device,
+                      placement=runtime.data_placement, workers=runtime.loader_workers)
         for name, data in eval_sets.items()
         if len(data) > 0
     }
