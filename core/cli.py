@@ -223,6 +223,9 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BenchError, dumps, render, run_bench
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _err("error: mentor bench measures one process; run it without torchrun (each GPU's step is the same)")
+        return EXIT_USAGE
     experiment, plugins = _load(args.file, args.set)
     try:
         report = run_bench(experiment, plugins, config=args.file, steps=args.steps, warmup=args.warmup,

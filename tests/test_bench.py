@@ -84,6 +84,12 @@ def test_bench_bad_input_exits_2(workdir, tiny_config, write_yaml, capsys):
     assert main(["bench", str(path), "--warmup", "-1"]) == 2
 
 
+def test_bench_refuses_to_run_under_torchrun(workdir, tiny_config, write_yaml, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["bench", str(write_yaml(bench_config(tiny_config)))]) == 2
+    assert "run it without torchrun" in capsys.readouterr().err
+
+
 def test_teacher_forward_is_timed_through_a_feature_tap(workdir, tiny_config, write_yaml):
     """A hint loss runs the teacher as a traced graph (its leaves, not its forward): still timed."""
     config = bench_config(tiny_config)
