@@ -222,8 +222,9 @@ def cmd_compare(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import BenchError, dumps, render, run_bench
+    from .engine.distributed import launched_world_size
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_world_size() > 1:
         _err("error: mentor bench measures one process; run it without torchrun (each GPU's step is the same)")
         return EXIT_USAGE
     experiment, plugins = _load(args.file, args.set)

@@ -467,7 +467,7 @@ class UnlabeledFeed:
             self.round += 1
             self.position = 0
             self.order = self.batches.order(self.epoch * 100_000 + self.round)
-        rows = distributed.shard(self.order[self.position:self.position + span], distributed.rank() % world, world)
+        rows = distributed.shard(self.order[self.position:self.position + span], distributed.group_rank(), world)
         self.position += span
         images = self.batches.images[rows].to(self.device, non_blocking=True)  # a no-op for a set held there
         weak = self.weak(images, self.generator) if self.weak.active else images

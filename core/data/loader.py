@@ -133,11 +133,12 @@ class Batches:
 
     def _cut(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's uint8 batches and their targets, on ``device``."""
-        steps = [self.batch_rows(order, i) for i in range(len(self))]
         if self.resident:
-            for rows in steps:
+            for i in range(len(self)):
+                rows = self.batch_rows(order, i)
                 yield self.images[rows], self.targets[rows]
             return
+        steps = [self.batch_rows(order, i) for i in range(len(self))]
         if self._loader is None:
             self._loader = DataLoader(
                 _Rows(self.images, self.targets), sampler=self._sampler, batch_size=None,

@@ -45,6 +45,15 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def group_rank() -> int:
+    """This process's place among the ranks training together: 0 outside a process group.
+
+    Unlike ``rank()`` it ignores torchrun's ``RANK`` when no group is open, so
+    shards and per-rank seeds of a single process are the single process's.
+    """
+    return dist.get_rank() if active() else 0
+
+
 def world_size() -> int:
     """Processes training together (1 outside a process group)."""
     return dist.get_world_size() if active() else 1
@@ -199,7 +208,7 @@ def rank_seed(seed: int) -> int:
     Rank 0 draws what a single process draws; rank r > 0 from a seed derived
     from ``(seed, r)``, so the ranks' augmentations differ.
     """
-    r = rank() if active() else 0
+    r = group_rank()
     return seed if r == 0 else derive_seed(seed, "rank", r) % 2**63
 
 

@@ -178,17 +178,12 @@ def evaluate(model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, 
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
     model.train(was_training)
-    if distributed.active():
-        totals = torch.stack([correct.double(), loss_sum.double(), torch.tensor(float(count), device=runtime.device,
-                                                                               dtype=torch.float64)])
-        correct, loss_sum, total = distributed.all_reduce_sum(totals).tolist()
-        count = round(total)
-        if count == 0:
-            return {}
-        return {"accuracy": correct / count, "loss": loss_sum / count}
+    totals = torch.stack([correct.double(), loss_sum.double(),
+                          torch.tensor(float(count), device=runtime.device, dtype=torch.float64)])
+    correct, loss_sum, count = distributed.all_reduce_sum(totals).tolist()  # one read of the device
     if count == 0:
         return {}
-    return {"accuracy": correct.item() / count, "loss": loss_sum.item() / count}
+    return {"accuracy": correct / count, "loss": loss_sum / count}
 
 
 @torch.no_grad()
@@ -227,7 +222,7 @@ def fit(
     optimizer = None
     if not task.manual:
         optimizer = build_optimizer([p for m in trainable for p in m.parameters()], cfg.optimizer, device)
-    rank, world = distributed.rank() if distributed.active() else 0, distributed.world_size()
+    rank, world = distributed.group_rank(), distributed.world_size()
     train = Batches(
         task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * world,
         mean=info.mean, std=info.std, device=device, seed=seed,

@@ -157,8 +157,6 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
 
-
-
 class _Ignore:
     """Any method call, accepted and ignored (for code that reaches ``tracker.client`` directly)."""
 
