@@ -1,54 +1,101 @@
 """mentor: teacher-student learning, one plugin at a time.
 
-What plugin authors import lives here: ``hookimpl`` to implement hooks, the
-base classes of parameter and stage models, the data types, the loss base
-class, and (lazily, since they pull in MLflow) the pipeline's types.
+This module is the public API: what a plugin (built-in or third-party)
+imports, and the only thing it imports from mentor. Every name in
+``__all__`` is documented in docs/plugins.md and versioned: within a 0.x
+minor version a name is neither removed nor changed incompatibly; a removal
+is announced one minor version ahead. Everything under ``mentor.<module>``
+is private and may change at any time.
 """
 
+from .config.loader import trained_model_key
 from .config.schema import (
+    AugmentConfig,
     LossSpec,
     ModelKey,
+    OptimizerConfig,
+    ScheduleConfig,
     SelectionSpec,
     StageConfig,
     StageName,
+    TrainingConfig,
     TrainingStageConfig,
 )
+from .context import RunState, StageContext, StageResult, StopRun
+from .data.augment import BatchAugment
+from .data.loader import Batches
+from .data.splits import UnlabeledImages, derive_seed
+from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
 from .data.types import DataBundle, DataInfo, DataNotFound, ImageSet
+from .engine import distributed
+from .engine.loop import TrainTask
+from .engine.optim import build_optimizer, build_scheduler, lr_factor
+from .engine.runtime import Runtime, autocast
+from .features import FeatureError, FeatureTap, probe
 from .hookspecs import hookimpl
-from .losses import Loss, Outputs
-from .registry import NoParams, Params
-
-__version__ = "0.1.0"
-
-_LAZY = {"TrainTask": "engine.loop", "StageContext": "pipeline", "StageResult": "pipeline"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'mentor' has no attribute '{name}'")
-
+from .losses import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
+from .params import NoParams, Params
+from .pseudo_labels import soft_targets
+from .registry import unknown_name_message
+from .tables import SCORES_SCHEMA, SELECTION_SCHEMA, TableError, check_selection, scores_frame
+from .version import __version__
 
 __all__ = [
+    # plugins
+    "hookimpl",
+    "Params",
+    "NoParams",
+    "unknown_name_message",
+    # experiment-file types a stage config uses
+    "StageConfig",
+    "TrainingStageConfig",
+    "TrainingConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "AugmentConfig",
+    "LossSpec",
+    "SelectionSpec",
+    "ModelKey",
+    "StageName",
+    "trained_model_key",
+    # data
     "DataBundle",
     "DataInfo",
     "DataNotFound",
     "ImageSet",
+    "UnlabeledImages",
+    "Batches",
+    "BatchAugment",
+    "StrongAugment",
+    "MAX_MAGNITUDE",
+    "derive_seed",
+    # losses and features
     "Loss",
-    "LossSpec",
-    "ModelKey",
-    "NoParams",
     "Outputs",
-    "Params",
-    "SelectionSpec",
-    "StageConfig",
+    "STUDENT_LOGITS",
+    "TEACHER_LOGITS",
+    "LABELS",
+    "FeatureTap",
+    "FeatureError",
+    "probe",
+    # running a stage
     "StageContext",
-    "StageName",
+    "RunState",
     "StageResult",
+    "StopRun",
     "TrainTask",
-    "TrainingStageConfig",
+    "Runtime",
+    "autocast",
+    "build_optimizer",
+    "build_scheduler",
+    "lr_factor",
+    "distributed",
+    # pseudo-label tables
+    "SCORES_SCHEMA",
+    "SELECTION_SCHEMA",
+    "TableError",
+    "check_selection",
+    "scores_frame",
+    "soft_targets",
     "__version__",
-    "hookimpl",
 ]

@@ -182,7 +182,7 @@ def _layers(args) -> int:
 
             raise ValueError(unknown_name_message("model", args.model, list(experiment.models)))
         spec = experiment.models[args.model]
-        info = ExperimentRunner(experiment)._load_data().info
+        info = ExperimentRunner(experiment).load_data().info
         name, params = spec.name, spec.params
         channels, (height, width), classes = info.in_channels, info.image_size, info.num_classes
     else:
@@ -262,7 +262,7 @@ def cmd_ui(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mentor", description=__doc__.splitlines()[0])
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"mentor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

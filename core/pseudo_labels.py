@@ -14,9 +14,8 @@ from torch import nn
 
 from .data.loader import Batches
 from .data.splits import Splits, UnlabeledImages, UnlabeledSet
-from .engine.loop import Runtime, autocast
-
-SCORES_SCHEMA = {"index": pl.Int64, "rank": pl.Int8, "class": pl.Int32, "prob": pl.Float32}
+from .engine.runtime import Runtime, autocast
+from .tables import SCORES_SCHEMA
 
 
 @torch.no_grad()

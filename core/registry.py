@@ -8,19 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from .params import NoParams
 
 KINDS = ("model", "loss", "data_source", "selection", "method")
-
-
-class Params(BaseModel):
-    """Base for a component's parameter model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class NoParams(Params):
-    """For components that take no parameters."""
 
 
 class PluginConflict(Exception):

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from mentor import Params, hookimpl
-from mentor.losses import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
+from mentor import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs, Params, hookimpl
 
 # ---------------------------------------------------------------------------------------------
 # FitNets hint

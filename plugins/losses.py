@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from mentor import Params, hookimpl
-from mentor.losses import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
+from mentor import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs, Params, hookimpl
 
 
 class CrossEntropyParams(Params):

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mentor import hookimpl
-from mentor.config.loader import trained_model_key
-from mentor.config.schema import LossSpec, ModelKey, StageName, TrainingStageConfig
-from mentor.engine.loop import TrainTask
-from mentor.features import FeatureError, FeatureTap, probe
-from mentor.losses import LABELS, TEACHER_LOGITS, Outputs
+from mentor import (
+    LABELS,
+    TEACHER_LOGITS,
+    FeatureError,
+    FeatureTap,
+    LossSpec,
+    ModelKey,
+    Outputs,
+    StageContext,
+    StageName,
+    StageResult,
+    TrainingStageConfig,
+    TrainTask,
+    hookimpl,
+    probe,
+    trained_model_key,
+)
 
 
 class TrainStage(TrainingStageConfig):
@@ -22,15 +32,9 @@ class TrainStage(TrainingStageConfig):
     init: StageName | None = Field(default=None, description="start from this stage's weights")
 
 
-def run_train(stage: TrainStage, ctx):
+def run_train(stage: TrainStage, ctx: StageContext) -> StageResult:
     model = ctx.build_model(stage.model, init=stage.init)
-
-    def step(x, y):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=stage.label_smoothing)
-        return loss, {}
-
-    return ctx.fit(TrainTask(model=model, step=step, data=ctx.training_data()), stage.model)
+    return ctx.fit(ctx.supervised_task(model), stage.model)
 
 
 def _default_losses() -> list[LossSpec]:
@@ -76,7 +80,7 @@ def _loss_names(specs: list[LossSpec]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
 
 
-def run_distill(stage: DistillStage, ctx):
+def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
     teacher = ctx.trained_model(stage.teacher)
     student = ctx.build_model(stage.student, init=stage.init)
     names = _loss_names(stage.losses)

@@ -96,28 +96,33 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mentor import hookimpl
-from mentor.config.schema import (
+from mentor import (
+    MAX_MAGNITUDE,
+    BatchAugment,
+    Batches,
     ModelKey,
     OptimizerConfig,
+    Params,
+    StageContext,
     StageName,
-    Strict,
+    StageResult,
+    StrongAugment,
     TrainingConfig,
     TrainingStageConfig,
+    TrainTask,
+    UnlabeledImages,
+    build_optimizer,
+    build_scheduler,
+    derive_seed,
+    distributed,
+    hookimpl,
+    lr_factor,
 )
-from mentor.data.augment import BatchAugment
-from mentor.data.loader import Batches
-from mentor.data.splits import UnlabeledImages, derive_seed
-from mentor.data.strong_augment import MAX_MAGNITUDE, StrongAugment
-from mentor.engine import distributed
-from mentor.engine.loop import TrainTask
-from mentor.engine.optim import build_optimizer, build_scheduler, lr_factor
-from mentor.pseudo_labels import score
 
 # --- configuration ------------------------------------------------------------------
 
 
-class UDAConfig(Strict):
+class UDAConfig(Params):
     """UDA on the teacher (Xie et al. 2020), as in the MPL recipe: labeled CE + weighted consistency."""
 
     threshold: float = Field(default=0.6, ge=0, le=1,
@@ -128,7 +133,7 @@ class UDAConfig(Strict):
     labeled_weight: float = Field(default=1.0, ge=0, description="weight of the teacher's labeled cross-entropy")
 
 
-class StrongAugmentConfig(Strict):
+class StrongAugmentConfig(Params):
     """The strong view: the stage's crop/flip, then RandAugment(num_ops, magnitude), then Cutout."""
 
     num_ops: int = Field(default=2, ge=0, description="RandAugment ops per image")
@@ -491,12 +496,12 @@ def _student_schedule(optimizer, stage: MPLStage, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _teacher_accuracy(ctx, stage: MPLStage, teacher: nn.Module, rows: torch.Tensor | None) -> dict[str, float]:
+def _teacher_accuracy(ctx: StageContext, stage: MPLStage, teacher: nn.Module,
+                      rows: torch.Tensor | None) -> dict[str, float]:
     """Top-1 accuracy and mean confidence of the teacher on unlabeled images, from the core's diagnostics."""
     data = ctx.splits.unlabeled if rows is None else ctx.splits.unlabeled.subset(rows)
     was_training = teacher.training
-    scores = score(teacher, data, top_p=1, batch_size=stage.score_batch_size, mean=ctx.info.mean,
-                   std=ctx.info.std, runtime=ctx.runtime)
+    scores = ctx.score(teacher, data, top_p=1, batch_size=stage.score_batch_size)
     teacher.train(was_training)
     selection = scores.select("index", pl.col("class").alias("label"), "prob", "rank")
     metrics, _ = ctx.pseudo_label_diagnostics(scores, selection)
@@ -504,7 +509,7 @@ def _teacher_accuracy(ctx, stage: MPLStage, teacher: nn.Module, rows: torch.Tens
             "pseudo/teacher_confidence": metrics["pseudo/mean_confidence"]}
 
 
-def run_mpl(stage: MPLStage, ctx):
+def run_mpl(stage: MPLStage, ctx: StageContext) -> StageResult:
     unlabeled = ctx.splits.unlabeled
     if len(unlabeled) == 0:
         raise ValueError(f"stage '{stage.name}': the unlabeled split is empty; set data.labeled_per_class")
@@ -525,7 +530,7 @@ def run_mpl(stage: MPLStage, ctx):
     mpl = MetaPseudoLabels(teacher, student, teacher_optimizer, student_optimizer, stage, ema=ema,
                            teacher_schedule=teacher_schedule, student_schedule=student_schedule, device=device)
 
-    augment = stage.augment or ctx.experiment.data.augment
+    augment = ctx.augment_config()
     strong = StrongAugment(stage.strong_augment.num_ops, stage.strong_augment.magnitude, stage.strong_augment.cutout,
                            augment.crop_padding, augment.flip)
     feed = UnlabeledFeed(unlabeled, stage.batch_size * stage.unlabeled_ratio,
@@ -567,16 +572,11 @@ def run_mpl(stage: MPLStage, ctx):
     return result
 
 
-def fine_tune(ctx, stage: MPLStage, model: nn.Module):
+def fine_tune(ctx: StageContext, stage: MPLStage, model: nn.Module) -> StageResult:
     """The recipe's last phase: the (EMA) student on the labeled data alone."""
     cfg = stage.finetune
     model.requires_grad_(True)  # the EMA copy was kept out of autograd
-
-    def step(x, y):
-        return F.cross_entropy(_f32(model(x)), y, label_smoothing=cfg.label_smoothing), {}
-
-    return ctx.fit(TrainTask(model=model, step=step, data=ctx.training_data(cfg)), stage.student, cfg,
-                   phase="finetune", step_offset=stage.epochs)
+    return ctx.fit(ctx.supervised_task(model, cfg), stage.student, cfg, phase="finetune", step_offset=stage.epochs)
 
 
 @hookimpl

@@ -11,7 +11,6 @@ Each round is a nested MLflow run with its pseudo-label diagnostics.
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 import polars as pl
@@ -19,11 +18,19 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from mentor import hookimpl
-from mentor.config.schema import ModelKey, SelectionSpec, StageName, TrainingConfig, TrainingStageConfig
-from mentor.data.types import ImageSet
-from mentor.engine.loop import TrainTask
-from mentor.pseudo_labels import score, soft_targets
+from mentor import (
+    ImageSet,
+    ModelKey,
+    SelectionSpec,
+    StageContext,
+    StageName,
+    StageResult,
+    TrainingConfig,
+    TrainingStageConfig,
+    TrainTask,
+    hookimpl,
+    soft_targets,
+)
 
 
 class PseudoLabelStage(TrainingStageConfig):
@@ -63,7 +70,7 @@ def _rows_of(unlabeled_index: torch.Tensor, wanted: torch.Tensor) -> torch.Tenso
     return lookup[wanted]
 
 
-def pseudo_labeled_set(ctx, scores: pl.DataFrame, selection: pl.DataFrame, labels: str):
+def pseudo_labeled_set(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame, labels: str):
     """The selected rows as training images with target distributions [M, C]."""
     unlabeled = ctx.splits.unlabeled
     index = torch.from_numpy(selection["index"].to_numpy()).long()
@@ -75,7 +82,7 @@ def pseudo_labeled_set(ctx, scores: pl.DataFrame, selection: pl.DataFrame, label
     return images, index, targets
 
 
-def training_set(ctx, stage: PseudoLabelStage, images, index, targets):
+def training_set(ctx: StageContext, stage: PseudoLabelStage, images, index, targets):
     """An ImageSet whose labels are row numbers into ``targets`` (hard or soft alike).
 
     In joint mode the labeled rows are repeated so that, in expectation, a batch
@@ -93,41 +100,31 @@ def training_set(ctx, stage: PseudoLabelStage, images, index, targets):
     return data, targets
 
 
-def log_round(ctx, scores: pl.DataFrame, selection: pl.DataFrame, round_number: int) -> dict[str, float]:
+def log_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame,
+              round_number: int) -> dict[str, float]:
     """Pseudo-label diagnostics, the histogram of confidences, the table as parquet and dataset."""
-    import mlflow.data
-    from mlflow.entities import DatasetInput, InputTag
-
-    from mentor.tracking.plots import confidence_histogram
-
     metrics, per_class = ctx.pseudo_label_diagnostics(scores, selection)
     ctx.log_metrics(metrics, step=round_number)
-    tracker, run = ctx.tracker, ctx.run_id
     confidence = scores.filter(pl.col("rank") == 0)["prob"].to_numpy()
-    tracker.log_figure(run, confidence_histogram(confidence, selection["prob"].to_numpy()),
-                       "pseudo_labels/confidence.png")
-    for name, table in (("selected", selection), ("per_class", per_class)):
-        buffer = io.BytesIO()
-        table.write_parquet(buffer)
-        tracker.log_bytes(run, buffer.getvalue(), f"pseudo_labels/{name}.parquet")
-    tracker.log_text(run, per_class.write_csv(), "pseudo_labels/per_class.csv")
-    dataset = mlflow.data.from_polars(selection, name=f"{ctx.stage.name}-pseudo-labels-round{round_number}")
-    tracker.client.log_inputs(run, [DatasetInput(dataset._to_mlflow_entity(),
-                                                 [InputTag("mlflow.data.context", "pseudo_labels")])])
+    ctx.log_figure(ctx.confidence_histogram(confidence, selection["prob"].to_numpy()),
+                   "pseudo_labels/confidence.png")
+    ctx.log_table(selection, "pseudo_labels/selected.parquet")
+    ctx.log_table(per_class, "pseudo_labels/per_class.parquet")
+    ctx.log_table(per_class, "pseudo_labels/per_class.csv")
+    ctx.log_dataset(selection, f"{ctx.stage.name}-pseudo-labels-round{round_number}", "pseudo_labels")
     return metrics
 
 
-def run_pseudo_label(stage: PseudoLabelStage, ctx):
+def run_pseudo_label(stage: PseudoLabelStage, ctx: StageContext) -> StageResult:
     if len(ctx.splits.unlabeled) == 0:
         raise ValueError(f"stage '{stage.name}': the unlabeled split is empty; set data.labeled_per_class")
     teacher = ctx.trained_model(stage.teacher)
-    select = ctx.registry.get("selection", stage.selection.name).factory(**stage.selection.params)
+    select = ctx.build_selection(stage.selection)
     result = None
     for round_number in range(1, stage.rounds + 1):
         with ctx.nested(f"round{round_number}", {"mentor.round": str(round_number)}):
             teacher.to(ctx.device)
-            scores = score(teacher, ctx.splits.unlabeled, top_p=stage.top_p, batch_size=stage.score_batch_size,
-                           mean=ctx.info.mean, std=ctx.info.std, runtime=ctx.runtime)
+            scores = ctx.score(teacher, ctx.splits.unlabeled, top_p=stage.top_p, batch_size=stage.score_batch_size)
             selection = select(scores)
             if len(selection) == 0:
                 raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
@@ -152,14 +149,9 @@ def run_pseudo_label(stage: PseudoLabelStage, ctx):
     return result
 
 
-def fine_tune(ctx, stage: PseudoLabelStage, student, round_number: int, export: bool):
+def fine_tune(ctx: StageContext, stage: PseudoLabelStage, student, round_number: int, export: bool) -> StageResult:
     cfg = stage.finetune
-
-    def step(x, y):
-        logits = student(x)
-        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing), {}
-
-    return ctx.fit(TrainTask(model=student, step=step, data=ctx.training_data(cfg)), stage.student, cfg,
+    return ctx.fit(ctx.supervised_task(student, cfg), stage.student, cfg,
                    phase=f"round{round_number}/finetune", step_offset=stage.epochs, export=export)
 
 

@@ -2,20 +2,8 @@
 
 Every strategy takes the **scores** table and returns the **selection** table.
 
-Scores (long format, one row per (image, rank), written by the pseudo-label stage):
-
-* ``index`` Int64: the image's row in the source training set
-* ``rank`` Int8: 0 for the image's most probable class, up to P-1
-* ``class`` Int32
-* ``prob`` Float32: the teacher's softmax probability of that class for that image
-
-An image's confidence is its rank-0 ``prob``. Rows need not be in any order.
-
-Selection (one row per training example; an image may appear several times):
-
-* ``index`` Int64, ``label`` Int32 (the class trained on), ``prob`` Float32 (the
-  teacher's probability of that label), ``rank`` Int8 (the label's rank in the
-  image's top-P), in that column order.
+The tables are the public contract of ``mentor`` (``mentor.SCORES_SCHEMA``,
+``mentor.SELECTION_SCHEMA``; see core/tables.py).
 
 The output is always sorted by (``label``, ``prob`` descending, ``index``
 ascending), and every cut-off breaks ties in ``prob`` by the smaller ``index``,
@@ -31,29 +19,11 @@ from __future__ import annotations
 import polars as pl
 from pydantic import Field
 
-from mentor import NoParams, Params, hookimpl
-
-SCORES_SCHEMA: dict[str, pl.DataType] = {
-    "index": pl.Int64(), "rank": pl.Int8(), "class": pl.Int32(), "prob": pl.Float32(),
-}
-SELECTION_SCHEMA: dict[str, pl.DataType] = {
-    "index": pl.Int64(), "label": pl.Int32(), "prob": pl.Float32(), "rank": pl.Int8(),
-}
+from mentor import SELECTION_SCHEMA, NoParams, Params, hookimpl, scores_frame
 
 # The one output order: by label, most confident first, smaller index on ties.
 _ORDER = ["label", "prob", "index"]
 _DESCENDING = [False, True, False]
-
-
-def _scores(scores: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """The scores table as a lazy frame with the contract's columns and dtypes."""
-    names = scores.collect_schema().names()
-    missing = [c for c in SCORES_SCHEMA if c not in names]
-    if missing:
-        raise ValueError(
-            f"scores table lacks column(s) {missing}; expected {list(SCORES_SCHEMA)} (has {names})"
-        )
-    return scores.lazy().select(pl.col(c).cast(t) for c, t in SCORES_SCHEMA.items())
 
 
 def _selection(lf: pl.LazyFrame, *, sort: bool = True) -> pl.DataFrame:
@@ -88,7 +58,7 @@ class TopKPerClass:
         return f"TopKPerClass(k={self.k}, p={self.p})"
 
     def __call__(self, scores: pl.DataFrame) -> pl.DataFrame:
-        lf = _scores(scores)
+        lf = scores_frame(scores)
         if self.p is not None:
             lf = lf.filter(pl.col("rank") < self.p)
         # The k-th largest prob of each class is a lower bound on what that
@@ -127,7 +97,7 @@ class Threshold:
         return f"Threshold(tau={self.tau}, top_only={self.top_only})"
 
     def __call__(self, scores: pl.DataFrame) -> pl.DataFrame:
-        lf = _scores(scores)
+        lf = scores_frame(scores)
         if self.top_only:
             lf = lf.filter(pl.col("rank") == 0)
         # Compare in float32, the table's own precision, so prob == tau is kept.
@@ -169,7 +139,7 @@ class Balanced:
         pos = pl.col("_pos")
         n = pl.col("_n")
         lf = (
-            _scores(scores)
+            scores_frame(scores)
             .filter(pl.col("rank") == 0, pl.col("prob") >= min_conf)
             .sort(["class", "prob", "index"], descending=_DESCENDING)
             .with_columns(
@@ -195,7 +165,7 @@ class All:
         return "All()"
 
     def __call__(self, scores: pl.DataFrame) -> pl.DataFrame:
-        return _selection(_scores(scores).filter(pl.col("rank") == 0))
+        return _selection(scores_frame(scores).filter(pl.col("rank") == 0))
 
 
 @hookimpl

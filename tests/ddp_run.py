@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mentor.cli  # noqa: E402
-import mentor.pipeline  # noqa: E402
+import mentor.context  # noqa: E402
 import mentor.plugins  # noqa: E402
 from mentor import hookimpl  # noqa: E402
 from mentor.data.loader import Batches  # noqa: E402
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
         return rows
 
     Batches.epoch, Batches.batch_rows = epoch, batch_rows
-    fit = mentor.pipeline.fit
+    fit = mentor.context.fit
 
     def recording_fit(task, cfg, *, stage, **kwargs):
         result = fit(task, cfg, stage=stage, **kwargs)
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
                                  "weights": {k: v.detach().cpu().clone() for k, v in task.model.state_dict().items()}}
         return result
 
-    mentor.pipeline.fit = recording_fit
+    mentor.context.fit = recording_fit
     try:
         return mentor.cli.main(["run", config, *(["--resume"] if "--resume" in rest else [])])
     finally:

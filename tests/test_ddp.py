@@ -23,7 +23,8 @@ from mentor.data.augment import BatchAugment
 from mentor.data.loader import Batches
 from mentor.data.types import ImageSet
 from mentor.engine import distributed
-from mentor.engine.loop import Runtime, TrainTask, data_parallel, evaluate
+from mentor.engine.loop import TrainTask, data_parallel, evaluate
+from mentor.engine.runtime import Runtime
 from mentor.pipeline import ExperimentRunner
 from mentor.plugins import load_plugins
 
@@ -239,7 +240,7 @@ def test_evaluation_under_ddp_equals_one_process(reference):
     _, _, (rank0, _) = reference
     plugins = load_plugins(extra=[SyntheticData()])
     experiment = validate_document(Document("test", config()), plugins.registry)
-    splits = ExperimentRunner(experiment, plugins)._load_data()
+    splits = ExperimentRunner(experiment, plugins).load_data()
     info = splits.info
     model = plugins.registry.get("model", "small_cnn").factory(4, 1, **experiment.models["student"].params)
     model.load_state_dict(rank0["fits"]["student"]["weights"])

@@ -101,7 +101,7 @@ class Spy:
                 "attributes": set(vars(unlabeled)), "n": len(unlabeled),
                 "reveal": hasattr(ctx.splits, "reveal_labels"),
             }
-            from mentor.pipeline import StageResult
+            from mentor import StageResult
 
             return StageResult(stage.name, stage.kind)
 
@@ -124,7 +124,7 @@ def test_empty_unlabeled_split_is_a_clear_error(workdir, plugins, tiny_config):
 
 
 def test_parquet_roundtrip_of_scores_schema():
-    from mentor.pseudo_labels import SCORES_SCHEMA
+    from mentor import SCORES_SCHEMA
 
     frame = pl.DataFrame({"index": [1], "rank": [0], "class": [2], "prob": [0.5]}, schema=SCORES_SCHEMA)
     buffer = io.BytesIO()

@@ -27,10 +27,10 @@ from mentor import hookimpl
 from mentor.cli import main
 from mentor.config import ConfigError, load_experiment, validate_document
 from mentor.config.document import Document
+from mentor.config.search import ParamSpec
 from mentor.pipeline import run_experiment
 from mentor.plugins import load_plugins
 from mentor.search import run_sweep, space
-from mentor.search.config import ParamSpec
 from mentor.search.storage import masked, open_storage
 from mentor.tracking.compare import compare
 

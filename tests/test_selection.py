@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from mentor import SCORES_SCHEMA, SELECTION_SCHEMA
 from mentor.registry import Registry
 from mentor_plugins import selection
-from mentor_plugins.selection import SCORES_SCHEMA, SELECTION_SCHEMA
 
 NAMES = ["top_k_per_class", "threshold", "balanced", "all"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .context import BenchContext, BenchError, BenchRunner, Measured
+from .context import BenchContext, BenchError, Measured, bench_state
 from .device import describe
 from .measure import measure_task
 from .report import build_report, dumps, render
@@ -33,8 +33,8 @@ def run_bench(experiment, plugins, *, config: str | Path = "", steps: int = 20, 
                 raise BenchError(unknown_name_message("stage", name, names))
     chosen = [i for i, s in enumerate(experiment.stages) if not stages or s.name in stages]
     with tempfile.TemporaryDirectory(prefix="mentor-bench-") as workdir:
-        runner = BenchRunner(experiment, plugins, Path(workdir))
-        device = describe(runner.runtime.device, peak_tflops)
+        state = bench_state(experiment, plugins, Path(workdir))
+        device = describe(state.runtime.device, peak_tflops)
         peak = device["peak_tflops"]
         results = []
         for index in chosen:
@@ -43,7 +43,7 @@ def run_bench(experiment, plugins, *, config: str | Path = "", steps: int = 20, 
             def measure(ctx, task, cfg):
                 return measure_task(ctx, task, cfg, steps=steps, warmup=warmup, peak_tflops=peak)
 
-            ctx = BenchContext(runner, index, measure)
+            ctx = BenchContext(state, index, measure)
             method = plugins.registry.get("method", stage.kind)
             try:
                 method.factory(stage, ctx)
@@ -52,7 +52,7 @@ def run_bench(experiment, plugins, *, config: str | Path = "", steps: int = 20, 
                 continue
             raise BenchError(f"stage '{stage.name}' ({stage.kind}) finished without calling the training loop: "
                              "nothing to measure")
-    return build_report(config, experiment, runner.runtime, device, steps, warmup, results)
+    return build_report(config, experiment, state.runtime, device, steps, warmup, results)
 
 
 __all__ = ["BenchError", "dumps", "render", "run_bench"]

@@ -25,8 +25,10 @@ from torch import nn
 
 from ..config.loader import trained_model_key
 from ..config.schema import TrainingConfig
+from ..context import RunState, StageContext
 from ..engine.loop import TrainTask
-from ..pipeline import ExperimentRunner, StageContext, choose_runtime
+from ..engine.runtime import choose_runtime
+from ..pipeline import ExperimentRunner
 from ..plugins import Plugins
 from ..tracking.tracker import NullTracker
 
@@ -46,19 +48,11 @@ class BenchError(Exception):
     """The bench cannot measure what it was asked to (unknown stage, a method that never fits)."""
 
 
-class BenchRunner(ExperimentRunner):
-    """The pipeline's runner with data and runtime loaded, a no-op tracker and a scratch folder."""
-
-    def __init__(self, experiment, plugins: Plugins, workdir: Path):
-        super().__init__(experiment, plugins)
-        self.runtime = choose_runtime(experiment.engine)
-        self.splits = self._load_data()
-        self.tracker = NullTracker(experiment.tracking.experiment or experiment.name)
-        self.parent = "bench"
-        self.run_dir = Path(workdir)
-
-    def run(self, *args, **kwargs):  # pragma: no cover - guard
-        raise TypeError("a BenchRunner measures stages (mentor.bench.run_bench); it does not run experiments")
+def bench_state(experiment, plugins: Plugins, workdir: Path) -> RunState:
+    """The run state a real run would build (data, runtime, plugins), with a no-op tracker and a scratch folder."""
+    runner = ExperimentRunner(experiment, plugins)
+    return RunState(experiment, runner.load_data(), choose_runtime(experiment.engine), plugins.registry,
+                    plugins.hook, NullTracker(experiment.tracking.experiment or experiment.name), Path(workdir))
 
 
 MeasureFn = Callable[["BenchContext", TrainTask, TrainingConfig], dict[str, Any]]
@@ -67,8 +61,8 @@ MeasureFn = Callable[["BenchContext", TrainTask, TrainingConfig], dict[str, Any]
 class BenchContext(StageContext):
     """A ``StageContext`` whose ``fit`` measures the task instead of training it (see the module docstring)."""
 
-    def __init__(self, runner: BenchRunner, index: int, measure: MeasureFn):
-        super().__init__(runner, index)
+    def __init__(self, state: RunState, index: int, measure: MeasureFn):
+        super().__init__(state, index)
         self.run_id = "bench"
         self._measure = measure
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from .timing import PARTS
 
 SCHEMA_VERSION = 1

@@ -266,7 +266,7 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
             for path, message in stage.check(experiment, registry):
                 report(("stages", i, *path), message)
     if not problems and getattr(experiment, "search", None) is not None:
-        from ..search.config import check as check_search  # paths, values and metric, against this experiment
+        from .search import check as check_search  # paths, values and metric, against this experiment
 
         for path, message in check_search(experiment, registry):
             report(path, message)

@@ -11,14 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ..search.config import SearchConfig
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from ..params import Params
+from .search import SearchConfig
 
 # --- references between parts of a file -----------------------------------------
 
@@ -40,7 +36,7 @@ StageName = Annotated[str, Ref("stage")]
 # --- components chosen by name ------------------------------------------------------
 
 
-class ComponentSpec(Strict):
+class ComponentSpec(Params):
     """A plugin component chosen by ``name`` with its ``params``.
 
     ``params`` stays a mapping here; the loader validates it with the
@@ -76,12 +72,12 @@ class SelectionSpec(ComponentSpec):
     kind: ClassVar[str] = "selection"
 
 
-class RandAugmentConfig(Strict):
+class RandAugmentConfig(Params):
     num_ops: int = Field(default=2, ge=1, description="ops applied to each image")
     magnitude: int = Field(default=9, ge=0, le=30, description="strength of each op (0-30)")
 
 
-class AugmentConfig(Strict):
+class AugmentConfig(Params):
     """Augmentation applied to training batches (a separate draw per sample)."""
 
     crop_padding: int = Field(default=0, ge=0, description="random crop after zero padding")
@@ -106,7 +102,7 @@ class DataConfig(ComponentSpec):
 # --- training ------------------------------------------------------------------------
 
 
-class OptimizerConfig(Strict):
+class OptimizerConfig(Params):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd only")
@@ -115,7 +111,7 @@ class OptimizerConfig(Strict):
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="adamw only")
 
 
-class ScheduleConfig(Strict):
+class ScheduleConfig(Params):
     name: Literal["cosine", "multistep", "constant"] = "cosine"
     warmup_epochs: float = Field(default=0, ge=0, description="linear warm-up from 0")
     milestones: list[int] = Field(default_factory=list, description="multistep: epochs")
@@ -123,7 +119,7 @@ class ScheduleConfig(Strict):
     min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
 
 
-class StageConfig(Strict):
+class StageConfig(Params):
     """Fields every stage has. Methods subclass it; the core adds ``kind``."""
 
     name: str | None = Field(default=None, description="defaults to '<kind>' or '<kind>_<i>'")
@@ -138,7 +134,7 @@ class StageConfig(Strict):
         return []
 
 
-class TrainingConfig(Strict):
+class TrainingConfig(Params):
     """How the shared training loop trains: a stage's fields, or a phase's (a fine-tune)."""
 
     epochs: int = Field(default=1, ge=1)
@@ -166,7 +162,7 @@ class TrainingStageConfig(StageConfig, TrainingConfig):
 # --- the whole file ------------------------------------------------------------------
 
 
-class EngineConfig(Strict):
+class EngineConfig(Params):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
@@ -182,7 +178,7 @@ class EngineConfig(Strict):
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
 
 
-class TrackingConfig(Strict):
+class TrackingConfig(Params):
     uri: str | None = Field(
         default=None,
         description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db",
@@ -195,7 +191,7 @@ class TrackingConfig(Strict):
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class ExperimentBase(Strict):
+class ExperimentBase(Params):
     """The experiment file. ``stages`` is typed by the loader from the plugins."""
 
     name: str = Field(pattern=NAME_PATTERN)

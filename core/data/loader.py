@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..engine.distributed import shard
 from .augment import BatchAugment
+from .sharding import shard
 from .splits import UnlabeledImages, UnlabeledSet, derive_seed
 from .types import ImageSet
 

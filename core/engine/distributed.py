@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.sharding import shard, split  # noqa: F401  (part of this module's interface)
 from ..data.splits import derive_seed
 
 T = TypeVar("T")
@@ -210,30 +211,3 @@ def rank_seed(seed: int) -> int:
     """
     r = group_rank()
     return seed if r == 0 else derive_seed(seed, "rank", r) % 2**63
-
-
-def shard(rows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's equal contiguous part of a global batch of ``rows``.
-
-    When ``len(rows)`` is not a multiple of ``world_size``, it is first padded
-    by repeating its own rows from the start (as ``DistributedSampler`` does), so
-    every rank gets the same number of rows and takes the same number of steps.
-    """
-    if world_size == 1:
-        return rows
-    n = len(rows)
-    if n == 0:
-        return rows
-    per = -(-n // world_size)
-    if per * world_size != n:
-        rows = rows.repeat(-(-per * world_size // n))[:per * world_size]
-    return rows[rank * per:(rank + 1) * per]
-
-
-def split(n: int, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's contiguous part of ``range(n)``, without padding (parts differ by at most one row).
-
-    For evaluation: every row is counted exactly once over the ranks.
-    """
-    bounds = [n * r // world_size for r in range(world_size + 1)]
-    return torch.arange(bounds[rank], bounds[rank + 1])

@@ -13,7 +13,6 @@ and rank 0 alone writes the checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ..data.types import DataInfo, ImageSet
 from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
+from .runtime import Runtime, autocast
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -68,19 +68,6 @@ class TrainTask:
     manual: bool = False
     state: dict[str, Any] = field(default_factory=dict)
     averages_gradients: bool = False
-
-
-@dataclass
-class Runtime:
-    """Where and how a stage runs (from the experiment's engine settings)."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-    compile: bool
-    progress: str
-    data_placement: str = "auto"  # Batches' placement: device (the fast path), host (DataLoader workers), auto
-    loader_workers: int = 2
 
 
 class Reporter(Protocol):
@@ -149,12 +136,6 @@ def is_better(metrics: dict[str, float], best: dict[str, float], key: str) -> bo
     if key.endswith("loss"):
         return metrics[key] < best[key]
     return metrics[key] > best[key]
-
-
-def autocast(runtime: Runtime):
-    if runtime.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(runtime.device.type, dtype=runtime.autocast_dtype)
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ the study lives), ``trial`` (one trial, pruning), ``runs`` (the MLflow runs),
 ``report`` (best config, plots) and ``sweep`` (workers, from start to end).
 """
 
-from .config import SearchConfig
+from ..config.search import SearchConfig
 
 _LAZY = {"Sweep": "sweep", "SweepError": "sweep", "run_sweep": "sweep"}
 

@@ -14,7 +14,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from .config import SearchConfig
+from ..config.search import SearchConfig
 from .space import decoded
 from .trial import CONFIG
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from mlflow.entities import Metric, RunTag
 
-from .. import __version__
 from ..tracking.tracker import Tracker
+from ..version import __version__
 from .space import mlflow_key
 
 WAIT_S = 60

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from .config import ParamSpec, SearchConfig
+from ..config.search import ParamSpec, SearchConfig
 
 _SCALARS = (type(None), bool, int, float, str)
 

@@ -24,11 +24,11 @@ import yaml
 from optuna.trial import TrialState
 
 from ..config.schema import NAME_PATTERN
+from ..config.search import SearchConfig
 from ..pipeline import git_commit
 from ..plugins import Plugins, default_plugins
 from ..tracking.tracker import Tracker, fluent_tracking_uri
 from . import report, space
-from .config import SearchConfig
 from .runs import SweepRuns
 from .storage import StorageError, default_url, masked, open_storage, sweep_dir
 from .trial import HOST, PID, Objective

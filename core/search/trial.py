@@ -5,7 +5,7 @@ in-process plugin, registered with the plugin manager for the trial only,
 reports the per-epoch value of the searched metric (``val/accuracy`` for
 ``student/best/val/accuracy``) of the metric's stage to Optuna and raises
 ``TrialPruned`` when the pruner says so. ``TrialPruned`` is a
-``pipeline.StopRun``, so the experiment's runs end KILLED, like the trial's.
+``mentor.StopRun``, so the experiment's runs end KILLED, like the trial's.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import optuna
 
 from ..config.document import Document
 from ..config.loader import validate_document
+from ..config.search import SearchConfig
 from ..hookspecs import hookimpl
-from ..pipeline import ExperimentRunner, StopRun
+from ..context import StopRun
+from ..pipeline import ExperimentRunner
 from ..plugins import Plugins
 from . import space
-from .config import SearchConfig
 from .runs import SweepRuns
 
 #: Trial user attributes: who runs it (to spot dead local workers) and its resolved config.

@@ -156,6 +156,15 @@ class Tracker:
             parent = str(Path(artifact_file).parent)
             self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
+    def log_dataset(self, run_id: str, table, name: str, context: str) -> None:
+        """A polars table as a dataset input of the run (``mlflow.data.from_polars``)."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_polars(table, name=name)
+        self.client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                     [InputTag("mlflow.data.context", context)])])
+
 
 class _Ignore:
     """Any method call, accepted and ignored (for code that reaches ``tracker.client`` directly)."""

@@ -29,8 +29,7 @@ import torchvision
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from mentor import Params
-from mentor.registry import unknown_name_message
+from mentor import Params, unknown_name_message
 
 
 def classification_models() -> list[str]:

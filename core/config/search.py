@@ -15,19 +15,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..params import Params
+
 #: What a stage reports once it ends (``<stage>/best/val/accuracy`` on the parent run).
 SUMMARY_METRICS = ("val/accuracy", "test/accuracy", "val/loss", "test/loss")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _error(message: str) -> PydanticCustomError:
     return PydanticCustomError("search_space", message)
 
 
-class ParamSpec(_Strict):
+class ParamSpec(Params):
     """One searched field: exactly one of ``float: [low, high]``, ``int: [low, high]``
     or ``categorical: [choices]``; ``log`` and ``step`` for the numeric kinds."""
 
@@ -86,13 +86,13 @@ class ParamSpec(_Strict):
         return list(dict.fromkeys([low, middle, high]))
 
 
-class SamplerConfig(_Strict):
+class SamplerConfig(Params):
     name: Literal["tpe", "random", "grid"] = Field(default="tpe", description="grid: every combination")
     seed: int | None = Field(default=None, description="reproducible sampling; worker i of --workers uses seed + i")
     n_startup_trials: int = Field(default=10, ge=0, description="tpe: random trials before modelling")
 
 
-class MedianPrunerConfig(_Strict):
+class MedianPrunerConfig(Params):
     """Stop a trial whose value at a step is worse than the median of earlier trials there."""
 
     name: Literal["median"] = "median"
@@ -101,7 +101,7 @@ class MedianPrunerConfig(_Strict):
     interval_steps: int = Field(default=1, ge=1)
 
 
-class HyperbandPrunerConfig(_Strict):
+class HyperbandPrunerConfig(Params):
     """Successive halving over brackets (Li et al. 2018)."""
 
     name: Literal["hyperband"]
@@ -110,7 +110,7 @@ class HyperbandPrunerConfig(_Strict):
     reduction_factor: int = Field(default=3, ge=2)
 
 
-class ThresholdPrunerConfig(_Strict):
+class ThresholdPrunerConfig(Params):
     """Stop a trial whose value leaves [lower, upper] (e.g. a diverging loss)."""
 
     name: Literal["threshold"]
@@ -125,7 +125,7 @@ class ThresholdPrunerConfig(_Strict):
         return self
 
 
-class NoPrunerConfig(_Strict):
+class NoPrunerConfig(Params):
     name: Literal["none"]
 
 
@@ -135,7 +135,7 @@ PrunerConfig = Annotated[
 ]
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Params):
     """Hyperparameter search over this experiment with Optuna (``mentor sweep``)."""
 
     metric: str = Field(description="the value of a trial: '<stage>/best/<metric>' or '<stage>/last/<metric>'")
@@ -208,8 +208,8 @@ def _metric_problems(search: SearchConfig, experiment) -> list[str]:
 
 def _path_problem(key: str, experiment) -> str | None:
     """Why ``key`` names nothing in the experiment, or None when it does."""
-    from ..config.document import parse_path
-    from ..config.errors import dotted
+    from .document import parse_path
+    from .errors import dotted
 
     try:
         path = parse_path(key)
@@ -246,9 +246,9 @@ def _unknown(part, known: list[str], here: str) -> str:
 
 def _value_problem(key: str, spec: ParamSpec, base: dict, registry) -> str | None:
     """Validate the experiment with each candidate value at ``key``: the first invalid one, said."""
-    from ..config.document import Document, parse_path, set_path
-    from ..config.errors import ConfigError
-    from ..config.loader import validate_document
+    from .document import Document, parse_path, set_path
+    from .errors import ConfigError
+    from .loader import validate_document
 
     for value in spec.candidates():
         data = copy.deepcopy(base)
@@ -263,7 +263,7 @@ def _value_problem(key: str, spec: ParamSpec, base: dict, registry) -> str | Non
 
 
 def _dotted_key(key: str) -> str:
-    from ..config.document import parse_path
-    from ..config.errors import dotted
+    from .document import parse_path
+    from .errors import dotted
 
     return dotted(parse_path(key))

@@ -1,0 +1,325 @@
+"""What a method's runner gets: ``StageContext``, built from a plain ``RunState``.
+
+A runner (``runner(stage, ctx) -> StageResult``) reads its data from
+``ctx.splits`` and ``ctx.info``, builds models, losses and selection
+strategies through the context, hands ``TrainTask``s to ``ctx.fit`` (the one
+training loop) and records what else it has to say with the ``log_*``
+methods. Everything here is public API (``mentor.StageContext``); a
+built-in method uses nothing that a third-party one cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config.schema import LossSpec, SelectionSpec, TrainingConfig
+from .data.loader import Batches
+from .data.splits import Splits, StageData, balanced_subset
+from .data.types import DataInfo, ImageSet
+from .engine import checkpoint, distributed
+from .engine.loop import FitResult, TrainTask, fit, predict
+from .engine.runtime import Runtime
+from .losses import Loss
+from .tables import check_selection
+
+SUMMARY_KEYS = ("val/accuracy", "test/accuracy", "val/loss", "test/loss")
+
+
+class StopRun(Exception):
+    """Raised by a hook to stop a run on purpose (a pruned search trial): its runs end KILLED,
+    not FAILED, and the exception goes on to the caller."""
+
+
+@dataclass
+class StageResult:
+    """What a stage leaves for later stages and for the record."""
+
+    stage: str
+    kind: str
+    model_key: str | None = None
+    weights: str | None = None  # path of the trained model's final state_dict
+    metrics: dict[str, float] = field(default_factory=dict)  # best/..., last/...
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> StageResult:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass
+class RunState:
+    """What one run of an experiment holds for its stages: plain data, no runner behind it.
+
+    The pipeline fills it in (``mentor run``); the bench fills it in its own
+    way (a no-op tracker, a scratch folder). ``results`` grows as stages end.
+    """
+
+    experiment: Any
+    splits: Splits
+    runtime: Runtime
+    registry: Any  # mentor's component Registry
+    hook: Any  # pluggy's hook relay: lifecycle hooks are called through it
+    tracker: Any  # mentor.tracking.Tracker, or a NullTracker
+    run_dir: Path
+    results: dict[str, StageResult] = field(default_factory=dict)
+
+
+def _cross_entropy_step(model: nn.Module, label_smoothing: float):
+    def step(x: torch.Tensor, y: torch.Tensor):
+        logits = model(x)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss in float32
+            logits = logits.float()
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), {}
+
+    return step
+
+
+class StageContext:
+    """Everything a method's runner may use; handed to it by the pipeline."""
+
+    def __init__(self, state: RunState, index: int):
+        self.state = state
+        self.index = index
+        self.experiment = state.experiment
+        self.stage = state.experiment.stages[index]
+        self.splits: StageData = state.splits.for_methods()  # no hidden labels in here
+        self.info: DataInfo = state.splits.info
+        self.runtime: Runtime = state.runtime
+        self.device: torch.device = state.runtime.device
+        self.registry = state.registry
+        self.hook = state.hook
+        self.seed: int = self.stage.seed if self.stage.seed is not None else self.experiment.seed
+        self.dir: Path = state.run_dir / self.stage.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_id: str = ""  # the stage's MLflow run, set by the pipeline
+
+    @property
+    def tracker(self):
+        return self.state.tracker
+
+    @property
+    def results(self) -> dict[str, StageResult]:
+        """The results of the stages that finished before this one."""
+        return self.state.results
+
+    # -- building blocks ----------------------------------------------------------
+    def build_model(self, key: str, init: str | None = None) -> nn.Module:
+        """A fresh ``models[key]``, seeded; from its checkpoint or stage ``init`` if given."""
+        spec = self.experiment.models[key]
+        torch.manual_seed(self.seed)
+        component = self.registry.get("model", spec.name)
+        model = component.factory(self.info.num_classes, self.info.in_channels, **spec.params)
+        if spec.checkpoint:
+            checkpoint.load_weights(model, checkpoint.load(spec.checkpoint), f"models.{key}.checkpoint")
+        if init:
+            result = self.results[init]
+            checkpoint.load_weights(model, checkpoint.load(result.weights), f"weights of stage '{init}'")
+        return model
+
+    def trained_model(self, stage_name: str) -> nn.Module:
+        """The model that an earlier stage trained, with its final weights."""
+        result = self.results[stage_name]
+        if result.model_key is None or result.weights is None:
+            raise ValueError(f"stage '{stage_name}' did not train a model")
+        return self.build_model(result.model_key, init=stage_name)
+
+    def build_loss(self, spec: LossSpec) -> Loss:
+        return self.registry.get("loss", spec.name).factory(**spec.params)
+
+    def build_selection(self, spec: SelectionSpec):
+        """The selection strategy ``spec`` names, wrapped so that its output is held to the contract."""
+        strategy = self.registry.get("selection", spec.name).factory(**spec.params)
+
+        def select(scores: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+            return check_selection(strategy(scores))
+
+        return select
+
+    def training_data(self, cfg: TrainingConfig | None = None) -> ImageSet:
+        """The labeled split, or the stage's class-balanced ``train_subset`` of it."""
+        cfg = cfg or self.stage
+        data = self.splits.labeled
+        n = getattr(cfg, "train_subset", None)
+        if n is not None:
+            if n > len(data):
+                raise ValueError(f"stage '{self.stage.name}': train_subset {n} > {len(data)} labeled rows")
+            data = data.subset(balanced_subset(data.labels, n, self.experiment.data.split_seed))
+        return data
+
+    def augment_config(self, cfg: TrainingConfig | None = None):
+        """The augmentation a training config asks for: its own ``augment``, or ``data.augment``."""
+        cfg = cfg or self.stage
+        return cfg.augment or self.experiment.data.augment
+
+    def batches(self, data, batch_size: int, *, shuffle: bool = False, **kwargs) -> Batches:
+        """``Batches`` of ``data`` normalised with the data's statistics, on this stage's device."""
+        return Batches(data, batch_size, shuffle=shuffle, mean=self.info.mean, std=self.info.std,
+                       device=self.device, placement=self.runtime.data_placement,
+                       workers=self.runtime.loader_workers, **kwargs)
+
+    def example(self, data: ImageSet | None = None, n: int = 2) -> torch.Tensor:
+        """A normalised batch of ``n`` training images, for probing shapes."""
+        data = data if data is not None else self.splits.labeled
+        rows = torch.arange(min(n, len(data)))
+        batches = Batches(data.subset(rows), n, shuffle=False, mean=self.info.mean, std=self.info.std)
+        return next(iter(batches))[0]
+
+    def supervised_task(self, model: nn.Module, cfg: TrainingConfig | None = None) -> TrainTask:
+        """Cross-entropy on the labeled split (``cfg``'s ``train_subset`` and label smoothing)."""
+        cfg = cfg or self.stage
+        return TrainTask(model=model, step=_cross_entropy_step(model, cfg.label_smoothing),
+                         data=self.training_data(cfg))
+
+    def score(self, model: nn.Module, data, *, top_p: int, batch_size: int = 1024) -> pl.DataFrame:
+        """The scores table (``mentor.SCORES_SCHEMA``) of ``model`` over ``data``, un-augmented, in eval mode."""
+        from .pseudo_labels import score
+
+        return score(model, data, top_p=top_p, batch_size=batch_size, mean=self.info.mean, std=self.info.std,
+                     runtime=self.runtime)
+
+    # -- the loop -----------------------------------------------------------------
+    def fit(self, task: TrainTask, model_key: str, cfg: TrainingConfig | None = None, *,
+            phase: str | None = None, step_offset: int = 0, export: bool = True) -> StageResult:
+        """Run the shared training loop on ``task`` and record everything about it.
+
+        A method that fits more than once in a stage (pre-train then fine-tune,
+        rounds) names each fit's ``phase``: its state lives in its own folder, and
+        a finished phase is not run again on resume (its weights are loaded into
+        ``task.model`` instead). ``step_offset`` continues the epoch axis of the
+        current run; ``export`` logs the model as an MLflow model.
+        """
+        cfg = cfg or self.stage
+        folder = self.dir / phase if phase else self.dir
+        done = folder / "phase.json"
+        if phase and done.is_file():
+            result = StageResult.load(done)
+            checkpoint.load_weights(task.model, checkpoint.load(result.weights), result.weights)
+            return result
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            self.tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
+                                     step=step_offset + epoch)
+            self.hook.on_epoch_end(stage=self.stage, ctx=self, epoch=epoch, metrics=metrics)
+
+        result: FitResult = fit(
+            task, cfg, stage=f"{self.stage.name}/{phase}" if phase else self.stage.name, seed=self.seed,
+            info=self.info, eval_sets={"val": self.splits.val, "test": self.splits.test},
+            augment=self.augment_config(cfg), runtime=self.runtime,
+            checkpoint_path=folder / "checkpoint.pt", report=report,
+        )
+        weights = folder / "final.pt"
+        model = getattr(task.model, "_orig_mod", task.model)
+        summary = {f"best/{k}": result.best[k] for k in SUMMARY_KEYS if k in result.best}
+        summary.update({f"last/{k}": result.last[k] for k in SUMMARY_KEYS if k in result.last})
+        if "epoch" in result.best:
+            summary["best/epoch"] = step_offset + result.best["epoch"]
+        outcome = StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
+        if distributed.is_main():
+            checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)
+            self.tracker.log_metrics(self.run_id, summary, step=step_offset + cfg.epochs)
+            self._log_artifacts(model, model_key, result, weights, f"{phase}/" if phase else "", export)
+            if phase:
+                outcome.save(done)
+        distributed.barrier()  # the other ranks may read final.pt from here on
+        return outcome
+
+    def _log_artifacts(self, model: nn.Module, model_key: str, result: FitResult, weights: Path,
+                       prefix: str, export: bool) -> None:
+        from .tracking import plots
+
+        self.log_figure(plots.learning_curves(result.history), f"{prefix}plots/learning_curves.png")
+        test = Batches(self.splits.test, 1024, shuffle=False, mean=self.info.mean, std=self.info.std,
+                       device=self.device)
+        if len(self.splits.test):
+            y, p = predict(model, test, self.runtime)
+            cm = plots.confusion_matrix(y, p, self.info.num_classes)
+            figure = plots.confusion_matrix_figure(cm, list(self.info.class_names) or None)
+            self.log_figure(figure, f"{prefix}plots/confusion_matrix.png")
+        self.tracker.log_file(self.run_id, weights, f"{prefix}checkpoints")
+        if export and self.experiment.tracking.log_model:
+            example = next(iter(test.epoch(0)))[0][:2].float().cpu().numpy() if len(self.splits.test) else None
+            self.tracker.log_model(self.run_id, model.float().cpu().eval(), f"{self.stage.name}-{model_key}",
+                                   example)
+            model.to(self.device)
+
+    @contextlib.contextmanager
+    def nested(self, name: str, tags: dict[str, str] | None = None):
+        """A child MLflow run under the stage's (a round, a phase); reused on resume.
+
+        Inside the block, ``log_*`` and ``fit`` record into the child.
+        """
+        tracker, parent = self.tracker, self.run_id
+        child = next((r.info.run_id for r in tracker.children(parent) if r.data.tags.get("mentor.child") == name),
+                     None)
+        if child is None:
+            child = tracker.start_run(f"{self.stage.name}/{name}", {
+                "mentor.kind": "child", "mentor.child": name, "mentor.stage": self.stage.name,
+                "mentor.method": self.stage.kind, **(tags or {})}, parent=parent)
+        else:
+            tracker.reopen(child)
+        self.run_id = child
+        status = "FAILED"
+        try:
+            yield child
+            status = "FINISHED"
+        except (KeyboardInterrupt, StopRun):
+            status = "KILLED"
+            raise
+        finally:
+            self.run_id = parent
+            tracker.flush()
+            tracker.end_run(child, status)
+
+    # -- diagnostics the core computes (methods never hold the hidden labels) --------
+    def pseudo_label_diagnostics(self, scores: pl.DataFrame, selection: pl.DataFrame):
+        """Precision, coverage and per-class counts of a selection, against the hidden labels.
+
+        Computed here in the core, so that methods never hold those labels.
+        """
+        from .pseudo_labels import diagnostics
+
+        return diagnostics(scores, selection, self.state.splits)
+
+    # -- recording ------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.tracker.log_metrics(self.run_id, metrics, step)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG artifact of the current run (the stage's, or a nested one)."""
+        self.tracker.log_figure(self.run_id, figure, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.tracker.log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, table: pl.DataFrame, artifact_file: str) -> None:
+        """A polars table as an artifact: parquet for ``.parquet`` names, CSV for ``.csv``."""
+        if artifact_file.endswith(".csv"):
+            self.tracker.log_text(self.run_id, table.write_csv(), artifact_file)
+            return
+        buffer = io.BytesIO()
+        table.write_parquet(buffer)
+        self.tracker.log_bytes(self.run_id, buffer.getvalue(), artifact_file)
+
+    def log_dataset(self, table: pl.DataFrame, name: str, context: str) -> None:
+        """A polars table as an MLflow dataset input of the current run (shown in the UI's Datasets)."""
+        self.tracker.log_dataset(self.run_id, table, name, context)
+
+    @staticmethod
+    def confidence_histogram(confidence, selected=None):
+        """A histogram figure of pseudo-label confidences (all scored images, and the selected ones)."""
+        from .tracking.plots import confidence_histogram
+
+        return confidence_histogram(confidence, selected)
