@@ -168,7 +168,7 @@ class StageContext:
         classifier head) and an output width other than the data's class count
         are errors located at the stage's ``field``.
         """
-        if ref in {s.name for s in self.experiment.stages[:self.index]}:
+        if ref in self.results and self.results[ref].model_key is not None:
             model = self.trained_model(ref)
         else:
             model = self.build_model(ref)

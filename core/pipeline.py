@@ -176,7 +176,7 @@ class ExperimentRunner:
             ctx = StageContext(state, index)
             if (ctx.dir / "result.json").is_file():
                 continue
-            earlier = {s.name for s in self.experiment.stages[:index]}
+            earlier = {s.name for s in self.experiment.stages[:index] if trained_model_key(s) is not None}
             for field, ref, _, value in references(stage):
                 if ref.target == "teacher" and value not in earlier:
                     ctx.teacher(value, field)

@@ -79,9 +79,8 @@ class BenchContext(StageContext):
         return self.build_model(key)
 
     def teacher(self, ref: str, field: str = "teacher") -> nn.Module:
-        """A fresh model of the teacher's architecture (a model key's weights are loaded as in a run)."""
-        if ref in {s.name for s in self.experiment.stages}:
-            return self.trained_model(ref).to(self.device).eval()
+        """A fresh model of the architecture an earlier stage trains, or a models entry (its weights loaded as
+        in a run: a ``uri`` alone is the only way to its architecture)."""
         key = teacher_model_key(self.experiment, ref)
         if key is None:
             raise BenchError(f"'{ref}' names no stage or model for stage '{self.stage.name}' to use")

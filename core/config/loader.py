@@ -307,13 +307,18 @@ def _resolve_path(value: str, doc: Document | None, where: tuple) -> Path:
 
 def _teacher_problem(experiment, index: int, value: str, seen: dict[str, int]) -> str | None:
     """What is wrong with ``value`` as a teacher of stage ``index`` (a ``TeacherRef``), or None."""
-    is_stage = value in seen and seen[value] < index
     is_model = value in experiment.models
-    if value in seen and seen[value] == index:
+    is_stage = value in seen and seen[value] < index
+    if is_stage and trained_model_key(experiment.stages[seen[value]]) is None:  # it trains nothing (evaluate)
+        if not is_model:
+            return f"stage '{value}' trains no model to use"
+        is_stage = False
+    if value in seen and seen[value] == index and not is_model:  # its own name, if a models key, is the model
         return "a stage cannot refer to itself"
     if is_stage:  # a name that is also a models key stands for the stage (a stage often trains its namesake)
         return None
     later = next((j for j, s in enumerate(experiment.stages) if j > index and s.name == value), None)
+    later = None if is_stage else later
     if later is not None and not (is_model and experiment.models[value].has_weights):
         return f"unknown earlier stage '{value}' (stages[{later}] runs later)"
     if is_model and not experiment.models[value].has_weights:
@@ -335,6 +340,6 @@ def trained_model_key(stage: BaseModel) -> str | None:
 def teacher_model_key(experiment, ref: str) -> str | None:
     """The ``models`` key behind a ``TeacherRef``: the key the named stage trains, or the key itself."""
     stage = next((s for s in experiment.stages if s.name == ref), None)
-    if stage is not None:
+    if stage is not None and trained_model_key(stage) is not None:
         return trained_model_key(stage)
     return ref if ref in experiment.models else None

@@ -35,8 +35,9 @@ StageName = Annotated[str, Ref("stage")]
 TeacherRef = Annotated[str, Ref("teacher")]
 """A trained model used as is: an earlier stage's name (the model it trained) or a
 ``models:`` key that has weights (``checkpoint``, ``uri`` or ``weights``). A name
-that is both an earlier stage and a model key stands for the stage (a stage
-``teacher`` that trains ``models.teacher`` is the usual case)."""
+that is both an earlier stage that trains a model and a model key stands for
+the stage (a stage ``teacher`` that trains ``models.teacher`` is the usual case);
+a stage that trains nothing (``evaluate``) never stands for a model."""
 
 
 # --- components chosen by name ------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from .store import tracking_uri
 from .tracker import fluent_tracking_uri
@@ -24,6 +25,8 @@ def load_logged_model(uri: str, configured_store: str | None = None):
 
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution, every load
     store = tracking_uri(configured_store)
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no download bar for a local copy
     try:
         with fluent_tracking_uri(store):
             return mlflow.pytorch.load_model(uri, map_location="cpu")
@@ -32,3 +35,8 @@ def load_logged_model(uri: str, configured_store: str | None = None):
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"{uri}: cannot load it ({type(exc).__name__}: {exc}) (tracking store {store})") \
             from None
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
