@@ -186,3 +186,92 @@ def test_pseudo_label_and_mpl_take_a_model_key_teacher(workdir, capsys):
     child = next(r for r in store(workdir).search_runs([runs["pl"].info.experiment_id])
                  if r.data.tags.get("mentor.child") == "round1")
     assert child.data.metrics["pseudo/precision"] == pytest.approx(agree, abs=1e-6)
+
+
+# --- bad input: located, exit 2, no traceback, nothing left RUNNING ---------------------------
+
+
+@pytest.mark.parametrize("teacher, where, message", [
+    (TEACHER, "stages[1].teacher", "models.teacher has no weights: set checkpoint, weights or uri, or name a "
+     "stage that trains it"),
+    ({**TEACHER, "checkpoint": "t.pt", "uri": "runs:/x/y"}, "models.teacher", "set only one of checkpoint, uri"),
+    ({**TEACHER, "checkpoint": "missing.pt"}, "models.teacher.checkpoint", "no such file"),
+    ({**TEACHER, "weights": "DEFAULT"}, "models.teacher.weights", "has no pretrained weights"),
+])
+def test_validate_refuses_a_teacher_without_usable_weights(tmp_path, capsys, teacher, where, message):
+    torch.save(teacher_weights(), tmp_path / "t.pt")
+    path = write(tmp_path, config(teacher))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and where in err and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("teacher, message", [
+    ({"uri": "runs:/0123456789abcdef/teacher"}, "models.teacher.uri: runs:/0123456789abcdef/teacher: Run"),
+    ({"uri": "models:/nobody/7"}, "models.teacher.uri: models:/nobody/7"),
+    ({**TEACHER, "checkpoint": "other.pt"}, "models.teacher.checkpoint: weights do not fit the model"),
+    ({"name": "torchvision", "params": {"arch": "squeezenet1_1"}, "weights": "DEFAULT"},
+     "freshly initialised (DEFAULT has 1000 classes, the data 4)"),
+])
+def test_run_refuses_a_bad_teacher_before_training(workdir, capsys, teacher, message, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(workdir / "torch"))
+    import torchvision
+
+    placed = Path(workdir / "torch/hub/checkpoints")
+    placed.mkdir(parents=True)
+    url = torchvision.models.SqueezeNet1_1_Weights.DEFAULT.url
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), placed / url.rsplit("/", 1)[1])
+    torch.save(teacher_weights(channels=(4, 4)), workdir / "other.pt")
+    path = write(workdir, config(teacher))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (workdir / "mlruns/checkpoints/ext").exists() or not any(
+        (workdir / "mlruns/checkpoints/ext").rglob("final.pt"))
+    assert no_run_left_running(store(workdir))
+
+
+def test_a_teacher_with_other_classes_and_a_failed_download_are_located(workdir, capsys, monkeypatch):
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    try:
+        with mlflow.start_run() as run:
+            mlflow.pytorch.log_model(small_cnn(10, 1, channels=[4]), name="m", serialization_format="pickle")
+    finally:
+        mlflow.set_tracking_uri(None)
+    path = write(workdir, config({"uri": f"runs:/{run.info.run_id}/m"}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and "stages[0].model: models.teacher outputs 10 classes but random_images has 4" in err
+
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("TORCH_HOME", str(workdir / "empty"))
+    path = write(workdir, config({"name": "torchvision", "params": {"arch": "resnet18"},
+                                  "weights": "ResNet18_Weights.IMAGENET1K_V1"}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "models.teacher.weights: cannot download" in err and str(workdir / "empty/hub/checkpoints") in err
+    assert no_run_left_running(store(workdir))
+
+
+def test_torchvision_weights_load_from_a_file_placed_in_torch_home(tmp_path, monkeypatch):
+    import torchvision
+
+    from mentor import untrained_layers
+    from mentor_plugins.models.torchvision_models import torchvision_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = torchvision.models.squeezenet1_1().state_dict()
+    url = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url
+    (tmp_path / "hub/checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub/checkpoints" / url.rsplit("/", 1)[1])
+    model = torchvision_model(4, 3, "squeezenet1_1", "DEFAULT")
+    assert torch.equal(model.state_dict()["features.3.squeeze.weight"], state["features.3.squeeze.weight"])
+    assert set(untrained_layers(model)) == {"classifier.1"}
+    assert untrained_layers(torchvision_model(1000, 3, "squeezenet1_1", "IMAGENET1K_V1")) == {}

@@ -20,8 +20,8 @@ import optuna
 from ..config.document import Document
 from ..config.loader import validate_document
 from ..config.search import SearchConfig
-from ..hookspecs import hookimpl
 from ..context import StopRun
+from ..hookspecs import hookimpl
 from ..pipeline import ExperimentRunner
 from ..plugins import Plugins
 from . import space
