@@ -8,7 +8,7 @@ is announced one minor version ahead. Everything under ``mentor.<module>``
 is private and may change at any time.
 """
 
-from .config.loader import trained_model_key
+from .config.loader import teacher_model_key, trained_model_key
 from .config.schema import (
     AugmentConfig,
     LossSpec,
@@ -18,6 +18,7 @@ from .config.schema import (
     SelectionSpec,
     StageConfig,
     StageName,
+    TeacherRef,
     TrainingConfig,
     TrainingStageConfig,
 )
@@ -28,6 +29,7 @@ from .data.splits import UnlabeledImages, derive_seed
 from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
 from .data.types import DataBundle, DataInfo, DataNotFound, ImageSet
 from .engine import distributed
+from .engine.checkpoint import CheckpointError
 from .engine.loop import TrainTask
 from .engine.optim import build_optimizer, build_scheduler, lr_factor
 from .engine.runtime import Runtime, autocast
@@ -39,6 +41,7 @@ from .pseudo_labels import soft_targets
 from .registry import unknown_name_message
 from .tables import SCORES_SCHEMA, SELECTION_SCHEMA, TableError, check_selection, scores_frame
 from .version import __version__
+from .weights import mark_untrained, untrained_layers
 
 __all__ = [
     # plugins
@@ -57,7 +60,9 @@ __all__ = [
     "SelectionSpec",
     "ModelKey",
     "StageName",
+    "TeacherRef",
     "trained_model_key",
+    "teacher_model_key",
     # data
     "DataBundle",
     "DataInfo",
@@ -69,6 +74,10 @@ __all__ = [
     "StrongAugment",
     "MAX_MAGNITUDE",
     "derive_seed",
+    # weights
+    "CheckpointError",
+    "mark_untrained",
+    "untrained_layers",
     # losses and features
     "Loss",
     "Outputs",

@@ -22,15 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config.errors import ConfigError, Problem, dotted
 from .config.schema import LossSpec, SelectionSpec, TrainingConfig
 from .data.loader import Batches
 from .data.splits import Splits, StageData, balanced_subset
 from .data.types import DataInfo, ImageSet
 from .engine import checkpoint, distributed
-from .engine.loop import FitResult, TrainTask, fit, predict
+from .engine.loop import FitResult, TrainTask, evaluate, fit, predict
 from .engine.runtime import Runtime
 from .losses import Loss
 from .tables import check_selection
+from .weights import untrained_layers
 
 SUMMARY_KEYS = ("val/accuracy", "test/accuracy", "val/loss", "test/loss")
 
@@ -117,11 +119,32 @@ class StageContext:
 
     # -- building blocks ----------------------------------------------------------
     def build_model(self, key: str, init: str | None = None) -> nn.Module:
-        """A fresh ``models[key]``, seeded; from its checkpoint or stage ``init`` if given."""
+        """A fresh ``models[key]``, seeded, with the entry's weights (``checkpoint``, ``uri``, ``weights``);
+        then stage ``init``'s weights if given. Weights that cannot be had or do not fit raise a
+        ``CheckpointError`` naming ``models.<key>``."""
         spec = self.experiment.models[key]
         torch.manual_seed(self.seed)
-        component = self.registry.get("model", spec.name)
-        model = component.factory(self.info.num_classes, self.info.in_channels, **spec.params)
+        loaded = None
+        if spec.uri is not None:
+            from .tracking.models import ModelNotFound, load_logged_model
+
+            try:
+                loaded = load_logged_model(spec.uri, self.experiment.tracking.uri)
+            except ModelNotFound as exc:
+                raise checkpoint.CheckpointError(f"models.{key}.uri: {exc}") from None
+            if not isinstance(loaded, nn.Module):
+                raise checkpoint.CheckpointError(
+                    f"models.{key}.uri: {spec.uri} holds a {type(loaded).__name__}, not a torch module")
+        if spec.name is None:
+            model = loaded
+        else:
+            component = self.registry.get("model", spec.name)
+            try:
+                model = component.factory(self.info.num_classes, self.info.in_channels, **spec.params)
+            except checkpoint.CheckpointError as exc:  # pretrained weights that cannot be had
+                raise checkpoint.CheckpointError(f"models.{key}.weights: {exc}") from None
+            if loaded is not None:
+                checkpoint.load_weights(model, loaded.state_dict(), f"models.{key}.uri ({spec.uri})")
         if spec.checkpoint:
             checkpoint.load_weights(model, checkpoint.load(spec.checkpoint), f"models.{key}.checkpoint")
         if init:
@@ -135,6 +158,43 @@ class StageContext:
         if result.model_key is None or result.weights is None:
             raise ValueError(f"stage '{stage_name}' did not train a model")
         return self.build_model(result.model_key, init=stage_name)
+
+    def teacher(self, ref: str, field: str = "teacher") -> nn.Module:
+        """The model a ``TeacherRef`` names, in eval mode on this stage's device: an earlier stage's trained
+        model, or a ``models:`` entry with its weights.
+
+        A model entry is checked first, so that a teacher that cannot teach fails
+        before anything trains: fresh layers on top of its weights (a new
+        classifier head) and an output width other than the data's class count
+        are errors located at the stage's ``field``.
+        """
+        if ref in self.results and self.results[ref].model_key is not None:
+            model = self.trained_model(ref)
+        else:
+            model = self.build_model(ref)
+            where = ("stages", self.index, field)
+            fresh = untrained_layers(model)
+            if fresh:
+                layer, reason = next(iter(fresh.items()))
+                raise self.config_error(where, f"models.{ref}: its layer '{layer}' is freshly initialised "
+                                        f"({reason}); a teacher is used without training: train it in a stage "
+                                        "first (init from these weights) and name that stage")
+            model.eval()
+            with torch.no_grad():
+                outputs = model(self.example())
+            width = outputs.shape[-1] if outputs.ndim == 2 else None
+            if width != self.info.num_classes:
+                shape = f"{width} classes" if width is not None else f"shape {tuple(outputs.shape)}"
+                raise self.config_error(where, f"models.{ref} outputs {shape} but {self.experiment.data.source} "
+                                        f"has {self.info.num_classes}")
+        return model.to(self.device).eval()
+
+    def config_error(self, path: tuple, message: str) -> ConfigError:
+        """An error about the experiment file found at run time, located like ``mentor validate``'s
+        (file:line:col and dotted path); the CLI reports it with exit code 2."""
+        doc = self.experiment._document
+        source, line, col = doc.locate(path) if doc is not None else ("<config>", None, None)
+        return ConfigError([Problem(source, dotted(path), message, line, col)])
 
     def build_loss(self, spec: LossSpec) -> Loss:
         return self.registry.get("loss", spec.name).factory(**spec.params)
@@ -241,19 +301,37 @@ class StageContext:
         from .tracking import plots
 
         self.log_figure(plots.learning_curves(result.history), f"{prefix}plots/learning_curves.png")
-        test = Batches(self.splits.test, 1024, shuffle=False, mean=self.info.mean, std=self.info.std,
-                       device=self.device)
-        if len(self.splits.test):
-            y, p = predict(model, test, self.runtime)
-            cm = plots.confusion_matrix(y, p, self.info.num_classes)
-            figure = plots.confusion_matrix_figure(cm, list(self.info.class_names) or None)
-            self.log_figure(figure, f"{prefix}plots/confusion_matrix.png")
+        self.log_confusion_matrix(model, f"{prefix}plots/confusion_matrix.png")
         self.tracker.log_file(self.run_id, weights, f"{prefix}checkpoints")
         if export and self.experiment.tracking.log_model:
-            example = next(iter(test.epoch(0)))[0][:2].float().cpu().numpy() if len(self.splits.test) else None
+            example = self.example(self.splits.test).float().numpy() if len(self.splits.test) else None
             self.tracker.log_model(self.run_id, model.float().cpu().eval(), f"{self.stage.name}-{model_key}",
                                    example)
             model.to(self.device)
+
+    def evaluate(self, model: nn.Module, batch_size: int = 1024) -> dict[str, float]:
+        """``val/accuracy``, ``val/loss``, ``test/accuracy``, ``test/loss`` of ``model``, un-augmented,
+        as the training loop measures them (an empty split gives no entries)."""
+        metrics = {}
+        rank, world = distributed.group_rank(), distributed.world_size()
+        for split, data in (("val", self.splits.val), ("test", self.splits.test)):
+            if len(data):  # under torchrun each rank scores its part; evaluate() adds the parts up
+                part = data if world == 1 else data.subset(distributed.split(len(data), rank, world))
+                found = evaluate(model, self.batches(part, batch_size), self.runtime)
+                metrics.update({f"{split}/{k}": v for k, v in found.items()})
+        return metrics
+
+    def log_confusion_matrix(self, model: nn.Module, artifact_file: str = "plots/confusion_matrix.png") -> None:
+        """The confusion matrix of ``model`` on the test split, as a figure artifact (none for an empty split)."""
+        from .tracking import plots
+
+        if not len(self.splits.test):
+            return
+        test = Batches(self.splits.test, 1024, shuffle=False, mean=self.info.mean, std=self.info.std,
+                       device=self.device)
+        y, p = predict(model, test, self.runtime)
+        cm = plots.confusion_matrix(y, p, self.info.num_classes)
+        self.log_figure(plots.confusion_matrix_figure(cm, list(self.info.class_names) or None), artifact_file)
 
     @contextlib.contextmanager
     def nested(self, name: str, tags: dict[str, str] | None = None):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .config.loader import trained_model_key
+from .config.loader import references, teacher_model_key, trained_model_key
 from .context import RunState, StageContext, StageResult, StopRun
 from .data.splits import Splits, make_splits
 from .engine import distributed
@@ -135,6 +135,7 @@ class ExperimentRunner:
         stage_run = None
         state = self.state()
         try:
+            self._check_weights(state)
             for index, stage in enumerate(exp.stages):
                 ctx = StageContext(state, index)
                 done = ctx.dir / "result.json"
@@ -166,13 +167,33 @@ class ExperimentRunner:
             hook.on_experiment_end(experiment=exp, run_id=self.parent, results=self.results, status=status)
         return self.results
 
+    def _check_weights(self, state: RunState) -> None:
+        """Before anything trains: every model with weights of its own loads, and every teacher given by
+        a model key can teach (see ``StageContext.teacher``), so a bad checkpoint, URI or teacher fails
+        the run at once with a located error, not after the stages before it have trained."""
+        checked: set[str] = set()
+        for index, stage in enumerate(self.experiment.stages):
+            ctx = StageContext(state, index)
+            if (ctx.dir / "result.json").is_file():
+                continue
+            earlier = {s.name for s in self.experiment.stages[:index] if trained_model_key(s) is not None}
+            for field, ref, _, value in references(stage):
+                if ref.target == "teacher" and value not in earlier:
+                    ctx.teacher(value, field)
+                    checked.add(value)
+        for key, spec in self.experiment.models.items():
+            if spec.has_weights and key not in checked:
+                StageContext(state, 0).build_model(key)
+
     def _stage_run(self, stage) -> str:
         for run in self.tracker.children(self.parent):
             if run.data.tags.get("mentor.stage") == stage.name:
                 self.tracker.reopen(run.info.run_id)
                 return run.info.run_id
-        key = trained_model_key(stage)
-        model = self.experiment.models[key].name if key else ""
+        key = trained_model_key(stage) or next(
+            (teacher_model_key(self.experiment, v) for _, ref, _, v in references(stage) if ref.target == "teacher"),
+            None)  # a stage that trains nothing (evaluate): the model it uses
+        model = (self.experiment.models[key].name or key) if key else ""
         tags = {"mentor.kind": "stage", "mentor.stage": stage.name, "mentor.method": stage.kind,
                 "mentor.model": model}
         run_id = self.tracker.start_run(stage.name, tags, parent=self.parent)

@@ -17,11 +17,12 @@ from mentor import (
     StageContext,
     StageName,
     StageResult,
+    TeacherRef,
     TrainingStageConfig,
     TrainTask,
     hookimpl,
     probe,
-    trained_model_key,
+    teacher_model_key,
 )
 
 
@@ -48,20 +49,22 @@ class DistillStage(TrainingStageConfig):
     layers`); only those nodes are extracted, the teacher's without gradient.
     """
 
-    teacher: StageName = Field(description="the stage whose trained model teaches")
+    teacher: TeacherRef = Field(
+        description="who teaches: an earlier stage (its trained model) or a `models` key with weights")
     student: ModelKey = Field(description="a key of `models`: the student's architecture")
     init: StageName | None = Field(default=None, description="start the student from this stage's weights")
     losses: list[LossSpec] = Field(default_factory=_default_losses, min_length=1)
 
     def check(self, experiment, registry):
         """Every node a loss names exists in the student's or the teacher's model."""
-        stages = {s.name: s for s in experiment.stages}
-        keys = {"student": self.student, "teacher": trained_model_key(stages[self.teacher])}
+        keys = {"student": self.student, "teacher": teacher_model_key(experiment, self.teacher)}
         models = {}
         for role, key in keys.items():
-            if key is not None:  # node names do not depend on the data's classes or channels
+            # node names do not depend on the data's classes or channels (a uri-only model: known at run time)
+            if key is not None and experiment.models[key].name is not None:
                 spec = experiment.models[key]
-                models[role] = registry.get("model", spec.name).factory(10, 3, **spec.params)
+                params = {k: v for k, v in spec.params.items() if k != "weights"}  # no download to name nodes
+                models[role] = registry.get("model", spec.name).factory(10, 3, **params)
         problems = []
         for i, spec in enumerate(self.losses):
             loss = registry.get("loss", spec.name).factory(**spec.params)
@@ -81,7 +84,7 @@ def _loss_names(specs: list[LossSpec]) -> list[str]:
 
 
 def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
-    teacher = ctx.trained_model(stage.teacher)
+    teacher = ctx.teacher(stage.teacher)
     student = ctx.build_model(stage.student, init=stage.init)
     names = _loss_names(stage.losses)
     losses = [ctx.build_loss(spec) for spec in stage.losses]

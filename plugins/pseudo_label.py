@@ -25,6 +25,7 @@ from mentor import (
     StageContext,
     StageName,
     StageResult,
+    TeacherRef,
     TrainingConfig,
     TrainingStageConfig,
     TrainTask,
@@ -41,7 +42,8 @@ class PseudoLabelStage(TrainingStageConfig):
     phase on the labeled data only.
     """
 
-    teacher: StageName = Field(description="the stage whose trained model labels the unlabeled split")
+    teacher: TeacherRef = Field(description="who labels the unlabeled split: an earlier stage (its trained "
+                                "model) or a `models` key with weights")
     student: ModelKey = Field(description="a key of `models`: the student's architecture")
     init: StageName | None = Field(default=None, description="start the student from this stage's weights")
     top_p: int = Field(default=10, ge=1, description="classes kept per scored image (memory: N x top_p)")
@@ -118,7 +120,7 @@ def log_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame,
 def run_pseudo_label(stage: PseudoLabelStage, ctx: StageContext) -> StageResult:
     if len(ctx.splits.unlabeled) == 0:
         raise ValueError(f"stage '{stage.name}': the unlabeled split is empty; set data.labeled_per_class")
-    teacher = ctx.trained_model(stage.teacher)
+    teacher = ctx.teacher(stage.teacher)
     select = ctx.build_selection(stage.selection)
     result = None
     for round_number in range(1, stage.rounds + 1):

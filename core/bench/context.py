@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config.loader import trained_model_key
+from ..config.loader import teacher_model_key, trained_model_key
 from ..config.schema import TrainingConfig
 from ..context import RunState, StageContext
 from ..engine.loop import TrainTask
@@ -77,6 +77,14 @@ class BenchContext(StageContext):
         if key is None:
             raise BenchError(f"stage '{stage_name}' trains no model for stage '{self.stage.name}' to use")
         return self.build_model(key)
+
+    def teacher(self, ref: str, field: str = "teacher") -> nn.Module:
+        """A fresh model of the architecture an earlier stage trains, or a models entry (its weights loaded as
+        in a run: a ``uri`` alone is the only way to its architecture)."""
+        key = teacher_model_key(self.experiment, ref)
+        if key is None:
+            raise BenchError(f"'{ref}' names no stage or model for stage '{self.stage.name}' to use")
+        return self.build_model(key).to(self.device).eval()
 
     def fit(self, task: TrainTask, model_key: str, cfg: TrainingConfig | None = None, **_) -> None:
         raise Measured(self._measure(self, task, cfg or self.stage))

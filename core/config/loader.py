@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from ..registry import Registry, unknown_name_message
 from .document import Document, apply_overrides, read_document
 from .errors import ConfigError, Problem, dotted
-from .schema import ComponentSpec, ExperimentBase, Ref, StageConfig
+from .schema import ComponentSpec, ExperimentBase, ModelSpec, Ref, StageConfig
 
 
 def experiment_model(registry: Registry) -> type[ExperimentBase]:
@@ -81,6 +81,7 @@ def validate_document(doc: Document, registry: Registry | None = None):
     problems = resolve(experiment, registry, doc)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
+    experiment._document = doc
     return experiment
 
 
@@ -234,15 +235,34 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
 
     for path, spec in _specs(experiment):
         name = spec.component_name
+        if name is None:  # a model given by `uri` alone: the loaded module is used as is
+            continue
         table = registry.components[spec.kind]
         if name not in table:
             report(path + (spec.name_field,), unknown_name_message(spec.kind.replace("_", " "), name, list(table)))
             continue
+        if isinstance(spec, ModelSpec) and spec.weights is not None:
+            if "weights" not in table[name].params.model_fields:
+                report(path + ("weights",), f"model '{name}' has no pretrained weights to choose "
+                       "(use checkpoint or uri for weights of your own)")
+                continue
+            if spec.params.get("weights") is not None:
+                report(path + ("weights",), "set only one of weights and params.weights")
+                continue
+            spec.params = {**spec.params, "weights": spec.weights}
         try:
             spec.params = table[name].params.model_validate(spec.params).model_dump()
         except ValidationError as exc:
             for err in exc.errors():
                 report(path + ("params",) + tuple(err["loc"]), err["msg"])
+
+    for key, spec in experiment.models.items():
+        if spec.checkpoint is not None:
+            where = ("models", key, "checkpoint")
+            spec.checkpoint = str(_resolve_path(spec.checkpoint, doc, where))
+            if not Path(spec.checkpoint).is_file():
+                report(where, f"no such file: {spec.checkpoint} (a relative path is read from the experiment "
+                       "file's folder)")
 
     seen: dict[str, int] = {}
     kinds = [stage.kind for stage in experiment.stages]
@@ -261,6 +281,10 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
                 report(where, unknown_name_message("earlier stage", value, earlier))
             elif ref.target == "stage" and seen[value] == i:
                 report(where, "a stage cannot refer to itself")
+            elif ref.target == "teacher":
+                problem = _teacher_problem(experiment, i, value, seen)
+                if problem:
+                    report(where, problem)
     if not problems:
         for i, stage in enumerate(experiment.stages):
             for path, message in stage.check(experiment, registry):
@@ -273,6 +297,49 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
     return problems
 
 
+def _resolve_path(value: str, doc: Document | None, where: tuple) -> Path:
+    """A path from the file, made absolute: relative to the file's folder (to the working directory for --set)."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or doc is None or doc.locate(where)[0] == "--set" or not Path(doc.source).is_file():
+        return path.resolve()
+    return (Path(doc.source).resolve().parent / path).resolve()
+
+
+def _teacher_problem(experiment, index: int, value: str, seen: dict[str, int]) -> str | None:
+    """What is wrong with ``value`` as a teacher of stage ``index`` (a ``TeacherRef``), or None."""
+    is_model = value in experiment.models
+    is_stage = value in seen and seen[value] < index
+    if is_stage and trained_model_key(experiment.stages[seen[value]]) is None:  # it trains nothing (evaluate)
+        if not is_model:
+            return f"stage '{value}' trains no model to use"
+        is_stage = False
+    if value in seen and seen[value] == index and not is_model:  # its own name, if a models key, is the model
+        return "a stage cannot refer to itself"
+    if is_stage:  # a name that is also a models key stands for the stage (a stage often trains its namesake)
+        return None
+    later = next((j for j, s in enumerate(experiment.stages) if j > index and s.name == value), None)
+    later = None if is_stage else later
+    if later is not None and not (is_model and experiment.models[value].has_weights):
+        return f"unknown earlier stage '{value}' (stages[{later}] runs later)"
+    if is_model and not experiment.models[value].has_weights:
+        return (f"models.{value} has no weights: set checkpoint, weights or uri, or name a stage that "
+                "trains it")
+    if not (is_stage or is_model):
+        earlier = [s.name for s in experiment.stages[:index]]
+        keys = [k for k, spec in experiment.models.items() if spec.has_weights]
+        what = "earlier stage or models key with weights" if keys else "earlier stage"
+        return unknown_name_message(what, value, earlier + keys)
+    return None
+
+
 def trained_model_key(stage: BaseModel) -> str | None:
     """The ``models`` key of the model a stage trains: its first model reference."""
     return next((value for _, ref, _, value in references(stage) if ref.target == "model"), None)
+
+
+def teacher_model_key(experiment, ref: str) -> str | None:
+    """The ``models`` key behind a ``TeacherRef``: the key the named stage trains, or the key itself."""
+    stage = next((s for s in experiment.stages if s.name == ref), None)
+    if stage is not None and trained_model_key(stage) is not None:
+        return trained_model_key(stage)
+    return ref if ref in experiment.models else None

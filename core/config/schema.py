@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 from ..params import Params
 from .search import SearchConfig
@@ -23,7 +23,7 @@ from .search import SearchConfig
 class Ref:
     """Marks a string field as naming another part of the experiment."""
 
-    target: Literal["model", "stage"]
+    target: Literal["model", "stage", "teacher"]
 
 
 ModelKey = Annotated[str, Ref("model")]
@@ -31,6 +31,13 @@ ModelKey = Annotated[str, Ref("model")]
 
 StageName = Annotated[str, Ref("stage")]
 """The name of an earlier stage, standing for the model it trained."""
+
+TeacherRef = Annotated[str, Ref("teacher")]
+"""A trained model used as is: an earlier stage's name (the model it trained) or a
+``models:`` key that has weights (``checkpoint``, ``uri`` or ``weights``). A name
+that is both an earlier stage that trains a model and a model key stands for
+the stage (a stage ``teacher`` that trains ``models.teacher`` is the usual case);
+a stage that trains nothing (``evaluate``) never stands for a model."""
 
 
 # --- components chosen by name ------------------------------------------------------
@@ -53,12 +60,41 @@ class ComponentSpec(Params):
         return getattr(self, self.name_field)
 
 
+WEIGHT_SOURCES = ("checkpoint", "uri", "weights")
+
+
 class ModelSpec(ComponentSpec):
-    name: str
+    """A model: an architecture by ``name`` (a model component) and, optionally, where its weights come from."""
+
+    name: str | None = Field(
+        default=None, description="a registered model (see `mentor plugins`); may be omitted with `uri`")
     kind: ClassVar[str] = "model"
     checkpoint: str | None = Field(
-        default=None, description="start from these weights (a state_dict .pt file)"
-    )
+        default=None, description="weights from a .pt file: a state_dict, or a dict holding one under "
+        "'state_dict' or 'model' (mentor's final.pt / checkpoint.pt); a relative path is read from the "
+        "experiment file's folder (from the working directory when given with --set)")
+    uri: str | None = Field(
+        default=None, description="an MLflow model: runs:/<run id>/<artifact path>, models:/<name>/<version> "
+        "or models:/<name>@<alias>, read from this experiment's tracking store; without `name` the loaded "
+        "module is used as is, with `name` its state_dict is loaded into a fresh `name` model")
+    weights: str | None = Field(
+        default=None, description="pretrained weights of the model component (e.g. torchvision's DEFAULT or "
+        "ResNet18_Weights.IMAGENET1K_V1); the same as params.weights")
+
+    @model_validator(mode="after")
+    def _one_weight_source(self):
+        given = [field for field in WEIGHT_SOURCES if getattr(self, field) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set only one of checkpoint, uri, weights (got {', '.join(given)})")
+        if self.name is None and self.uri is None:
+            raise ValueError("a model needs a `name` (or a `uri` whose model is used as is)")
+        return self
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether this model comes with trained weights (so it can teach without a stage training it)."""
+        return any(getattr(self, field) is not None for field in WEIGHT_SOURCES) or \
+            self.params.get("weights") is not None
 
 
 class LossSpec(ComponentSpec):
@@ -203,3 +239,5 @@ class ExperimentBase(Params):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     search: SearchConfig | None = Field(default=None, description="hyperparameter search (`mentor sweep`)")
+    # the file it was read from (a config.document.Document), so that errors found at run time are located too
+    _document: Any = PrivateAttr(default=None)

@@ -11,7 +11,8 @@ import torch
 
 
 class CheckpointError(Exception):
-    """A checkpoint file is unreadable or does not fit the model."""
+    """Weights cannot be had (a missing or unreadable file, an unknown MLflow model, a failed download)
+    or do not fit the model. The CLI reports it in one line with exit code 2."""
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -41,10 +42,19 @@ def load(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def state_dict_of(saved: Any) -> Any:
+    """The state_dict in a saved object: the object itself, or its 'state_dict' or 'model' entry
+    (the loop's checkpoint.pt holds the model under 'model', beside the optimizer's state)."""
+    if isinstance(saved, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(saved.get(key), dict):
+                return saved[key]
+    return saved
+
+
 def load_weights(module: torch.nn.Module, state: dict, source: str) -> None:
     """Load a state_dict, turning a mismatch into a located CheckpointError."""
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = state_dict_of(state)
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:

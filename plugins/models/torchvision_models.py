@@ -8,7 +8,9 @@ the result to the data:
 * classes: without weights the model is built with ``num_classes`` directly;
   with weights it is built as published and, if the data has another number of
   classes, its classifier head (the last linear or 1x1-conv layer producing the
-  weights' class count) is replaced by a freshly initialised one;
+  weights' class count) is replaced by a freshly initialised one, marked with
+  ``mentor.mark_untrained`` (fine for a model a stage trains; refused as a teacher);
+* a failed download (no internet) names the file to place in torch.hub's cache;
 * channels: if the data is not RGB, the first ``nn.Conv2d`` (in module order)
   is rebuilt with ``in_channels`` inputs and otherwise the same hyper-parameters
   (see ``adapt_first_conv`` for how its weights are set).
@@ -29,7 +31,7 @@ import torchvision
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from mentor import Params, unknown_name_message
+from mentor import CheckpointError, Params, mark_untrained, unknown_name_message
 
 
 def classification_models() -> list[str]:
@@ -139,7 +141,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool) -> No
     _replace(model, name, new)
 
 
-def replace_head(model: nn.Module, old_classes: int, num_classes: int) -> None:
+def replace_head(model: nn.Module, old_classes: int, num_classes: int) -> str:
     """Swap the classifier head (the last linear or conv layer with ``old_classes`` outputs)."""
     head = None
     for name, m in model.named_modules():
@@ -157,6 +159,26 @@ def replace_head(model: nn.Module, old_classes: int, num_classes: int) -> None:
     else:
         new = _conv_like(m, out_channels=num_classes)
     _replace(model, name, new)
+    return name
+
+
+def weights_file(enum_member) -> str:
+    """Where torch.hub keeps (and first looks for) a weights file: $TORCH_HOME/hub/checkpoints/<file>."""
+    import os
+    from urllib.parse import urlparse
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(enum_member.url).path))
+
+
+def _pretrained(arch: str, enum_member, kwargs: dict[str, Any]) -> nn.Module:
+    """The model with its published weights; a failed download says where to place the file by hand."""
+    try:
+        return torchvision.models.get_model(arch, weights=enum_member, **kwargs)
+    except OSError as exc:  # URLError (no network) is an OSError
+        raise CheckpointError(
+            f"cannot download {enum_member} from {enum_member.url} ({type(exc).__name__}: {exc}); without "
+            f"internet, place that file at {weights_file(enum_member)} (torch.hub's cache: TORCH_HOME/hub/"
+            "checkpoints, TORCH_HOME defaults to ~/.cache/torch)") from None
 
 
 def drop_aux_heads(model: nn.Module) -> None:
@@ -185,11 +207,12 @@ def torchvision_model(num_classes: int, in_channels: int, arch: str, weights: st
     else:
         kwargs.pop("aux_logits", None)  # the builders require it True with weights
         enum_member = _weights_enum(arch)[weights]
-        model = torchvision.models.get_model(arch, weights=enum_member, **kwargs)
+        model = _pretrained(arch, enum_member, kwargs)
         drop_aux_heads(model)
         old_classes = len(enum_member.meta["categories"])
         if old_classes != num_classes:
-            replace_head(model, old_classes, num_classes)
+            head = replace_head(model, old_classes, num_classes)
+            mark_untrained(model, head, f"{weights} has {old_classes} classes, the data {num_classes}")
     if in_channels != 3:
         if getattr(model, "transform_input", False):
             model.transform_input = False  # it re-normalises exactly three RGB channels
