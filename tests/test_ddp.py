@@ -95,7 +95,8 @@ def _mpl_step_on_two_ranks(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from torch import nn
 
-    from mentor_plugins.mpl import MetaPseudoLabels, MPLStage, UDAConfig
+    from mentor_plugins.mpl_config import MPLStage, UDAConfig
+    from mentor_plugins.mpl_step import MetaPseudoLabels
 
     g = torch.Generator().manual_seed(0)
     x_l, y_l = torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randint(3, (8,), generator=g)

@@ -63,7 +63,7 @@ def run_steps(ctx, task: TrainTask, cfg: TrainingConfig, steps: int, runtime: Ru
     metrics: dict[str, float] = {}
     checkpoint = scratch / f"bench-{next(_counter)}.pt"  # fresh: the loop resumes from an existing one
     fit(dataclasses.replace(task, data=task.data.subset(rows)), one_epoch, stage=f"bench/{ctx.stage.name}",
-        seed=ctx.seed, info=ctx.info, eval_sets={}, augment=cfg.augment or ctx.experiment.data.augment,
+        seed=ctx.seed, info=ctx.info, eval_sets={}, augment=ctx.augment_config(cfg),
         runtime=runtime, checkpoint_path=checkpoint, report=lambda epoch, m: metrics.update(m))
     checkpoint.unlink(missing_ok=True)
     return metrics

@@ -3,48 +3,32 @@
 ``runs_table`` flattens every run of an experiment into one row (ids, mentor tags, status,
 timing, the latest value of every metric); ``leaderboard`` ranks stage runs (or whole
 ``mentor run`` parents) by a metric; ``trial_leaderboard`` ranks the trials of sweeps;
-``compare`` puts several experiments side by side at any of these levels; ``render`` turns
-a board into text, CSV or JSON.
+``compare`` puts several experiments side by side at any of these levels; ``render``
+(render.py) turns a board into text, CSV or JSON.
 
-Runs are read as MLflow ``Run`` objects through ``MlflowClient.search_runs`` with
-pagination; pandas is never involved.
+Rows come from ``runs_table`` (runs_table.py).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import difflib
-import io
-import math
 from typing import Any
 
-import mlflow
 import polars as pl
-from mlflow.entities import Run, ViewType
-from mlflow.tracking import MlflowClient
 
-__all__ = ["compare", "leaderboard", "render", "runs_table", "trial_leaderboard"]
+from .render import render
+from .runs_table import (
+    BASE_SCHEMA,
+    TAG_KIND,
+    TAG_PARENT,
+    experiment_id,
+    ms_to_datetime,
+    open_client,
+    runs_table,
+    search_runs,
+)
 
-#: Tag names mentor writes on its runs.
-TAG_KIND = "mentor.kind"
-TAG_STAGE = "mentor.stage"
-TAG_METHOD = "mentor.method"
-TAG_MODEL = "mentor.model"
-TAG_PARENT = "mlflow.parentRunId"
-
-#: The fixed leading columns of :func:`runs_table`, with their polars types.
-BASE_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String(),
-    "parent_run_id": pl.String(),
-    "run_name": pl.String(),
-    "kind": pl.String(),
-    "stage": pl.String(),
-    "method": pl.String(),
-    "model": pl.String(),
-    "status": pl.String(),
-    "start_time": pl.Datetime("us", "UTC"),
-    "duration_s": pl.Float64(),
-}
+__all__ = ["BASE_SCHEMA", "compare", "leaderboard", "render", "runs_table", "trial_leaderboard"]
 
 #: Summary metrics shown next to the ranked value when a stage run logged them.
 SUMMARY_COLUMNS = ("best/val/accuracy", "best/test/accuracy", "last/test/accuracy")
@@ -52,109 +36,6 @@ SUMMARY_COLUMNS = ("best/val/accuracy", "best/test/accuracy", "last/test/accurac
 _BY = ("best", "last")
 _LEVELS = ("stage", "experiment")
 LEVELS = (*_LEVELS, "trial")  # what compare() takes
-_FORMATS = ("table", "csv", "json")
-_PAGE_SIZE = 1000
-
-
-# --------------------------------------------------------------------------- MLflow access
-
-
-def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    return MlflowClient(tracking_uri=uri), uri
-
-
-def _experiment_names(client: MlflowClient) -> list[str]:
-    names: list[str] = []
-    token: str | None = None
-    while True:
-        page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=_PAGE_SIZE,
-                                         page_token=token)
-        names.extend(e.name for e in page)
-        token = page.token
-        if not token:
-            return names
-
-
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None and exp.lifecycle_stage != "deleted":
-        return exp.experiment_id
-    known = sorted(_experiment_names(client))
-    message = f"no MLflow experiment named {name!r} in {uri}; known: "
-    message += ", ".join(repr(k) for k in known) if known else "(none)"
-    close = difflib.get_close_matches(name, known, n=1)
-    if close:
-        message += f"; did you mean {close[0]!r}?"
-    raise ValueError(message)
-
-
-def _search_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    runs: list[Run] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
-                                  max_results=_PAGE_SIZE, order_by=["attributes.start_time ASC"],
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _ms_to_datetime(ms: int | None) -> dt.datetime | None:
-    if ms is None:
-        return None
-    return dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.UTC)
-
-
-def _metric_column(name: str) -> str:
-    # a metric may not shadow a fixed column
-    return f"metrics.{name}" if name in BASE_SCHEMA else name
-
-
-# --------------------------------------------------------------------------- runs_table
-
-
-def runs_table(experiment: str, tracking_uri: str | None = None) -> pl.DataFrame:
-    """Every (non-deleted) run of an MLflow experiment, one row each, oldest first.
-
-    Columns: ``run_id, parent_run_id, run_name, kind, stage, method, model, status,
-    start_time`` (UTC datetime), ``duration_s`` (None while running), then one Float64
-    column per metric name (sorted), holding the run's latest value of that metric.
-    Raises ValueError (with a did-you-mean) for an unknown experiment.
-    """
-    client, uri = _client(tracking_uri)
-    runs = _search_runs(client, _experiment_id(client, experiment, uri))
-
-    metric_names = sorted({key for run in runs for key in run.data.metrics})
-    rows: list[dict[str, Any]] = []
-    for run in runs:
-        info, tags = run.info, run.data.tags
-        start, end = info.start_time, info.end_time
-        row: dict[str, Any] = {
-            "run_id": info.run_id,
-            "parent_run_id": tags.get(TAG_PARENT),
-            "run_name": info.run_name,
-            "kind": tags.get(TAG_KIND),
-            "stage": tags.get(TAG_STAGE),
-            "method": tags.get(TAG_METHOD),
-            "model": tags.get(TAG_MODEL),
-            "status": info.status,
-            "start_time": _ms_to_datetime(start),
-            "duration_s": (end - start) / 1000.0 if start is not None and end else None,
-        }
-        for name in metric_names:
-            value = run.data.metrics.get(name)
-            row[_metric_column(name)] = None if value is None else float(value)
-        rows.append(row)
-
-    schema = dict(BASE_SCHEMA)
-    schema.update({_metric_column(name): pl.Float64() for name in metric_names})
-    return pl.DataFrame(rows, schema=schema)
-
-
-# --------------------------------------------------------------------------- leaderboard
 
 
 def _metric_keys(metric: str, by: str) -> tuple[str, str | None]:
@@ -325,8 +206,8 @@ def trial_leaderboard(experiment: str, *, study: str | None = None,
     trials without a value (pruned, failed, running) come last, unranked. ``study`` keeps
     one study's trials.
     """
-    client, uri = _client(tracking_uri)
-    runs = _search_runs(client, _experiment_id(client, experiment, uri))
+    client, uri = open_client(tracking_uri)
+    runs = search_runs(client, experiment_id(client, experiment, uri))
     sweeps = {r.data.tags.get("mentor.study"): r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"}
     trials = [r for r in runs if r.data.tags.get(TAG_KIND) == "trial"
               and (study is None or r.data.tags.get("mentor.study") == study)]
@@ -354,7 +235,7 @@ def trial_leaderboard(experiment: str, *, study: str | None = None,
                                  for r in trials], dtype=pl.Float64()),
         "run_id": pl.Series([r.info.run_id for r in trials], dtype=pl.String()),
         "sweep_run_id": pl.Series([r.data.tags.get(TAG_PARENT) for r in trials], dtype=pl.String()),
-        "start_time": pl.Series([_ms_to_datetime(r.info.start_time) for r in trials],
+        "start_time": pl.Series([ms_to_datetime(r.info.start_time) for r in trials],
                                 dtype=BASE_SCHEMA["start_time"]),
     })
     df = pl.DataFrame(columns)
@@ -414,50 +295,3 @@ def compare(experiments: str | list[str], *, level: str = "stage", metric: str =
     return stacked.select("rank", "experiment", *middle, *tail)
 
 
-# --------------------------------------------------------------------------- render
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def _render_table(df: pl.DataFrame) -> str:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    if not df.columns:
-        return ""
-    cells = [[_cell(v) for v in row] for row in df.iter_rows()]
-    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in
-              enumerate(df.columns)]
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for name, dtype in zip(df.columns, df.dtypes, strict=True):
-        # (overflow="ignore" would break right-justification; the console is wide enough)
-        table.add_column(name, justify="right" if dtype.is_numeric() else "left", no_wrap=True)
-    for row in cells:
-        table.add_row(*row)
-    width = sum(widths) + 3 * len(widths) + 4
-    console = Console(file=io.StringIO(), record=True, width=max(width, 40), color_system=None,
-                      force_terminal=False, force_jupyter=False, force_interactive=False)
-    console.print(table)
-    text = console.export_text(styles=False)
-    return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n") + "\n"
-
-
-def render(df: pl.DataFrame, fmt: str = "table") -> str:
-    """Text for a table: ``"table"`` (aligned plain text, floats to 4 decimals, all rows),
-    ``"csv"`` (full precision) or ``"json"`` (a list of row objects)."""
-    if fmt == "table":
-        return _render_table(df)
-    if fmt == "csv":
-        return df.write_csv()
-    if fmt == "json":
-        return df.write_json()
-    raise ValueError(f"unknown format {fmt!r}; expected one of {_FORMATS}")
