@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from mentor.data.augment import BatchAugment, random_crop, random_flip
+from mentor.data.augment import BatchAugment
+from mentor.data.crop_flip import random_crop, random_flip
 from mentor.data.loader import Batches
 from mentor.data.types import ImageSet
 
@@ -114,3 +115,19 @@ def test_batches_pad_with_black_before_normalising():
     values = x.unique().tolist()
     assert all(abs(v - black) < 1e-5 or abs(v - pixel) < 1e-5 for v in values)
     assert any(abs(v - black) < 1e-5 for v in values)  # some sample was moved: its padding shows, black
+
+
+def test_randaugment_in_batch_augment_is_the_batched_one_drawn_from_the_generator():
+    """``BatchAugment(randaugment=...)`` is strong_augment.rand_augment, seeded by the loop's generator
+    (one RandAugment in the project): same seed, same images, whatever torch's global RNG does."""
+    from mentor.data.strong_augment import rand_augment
+
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    augment = BatchAugment(randaugment=(2, 9))
+    torch.manual_seed(1)
+    out = augment(x, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)
+    again = augment(x, torch.Generator().manual_seed(5))
+    assert torch.equal(out, again)
+    assert torch.equal(out, rand_augment(x, 2, 9, torch.Generator().manual_seed(5)))
+    assert not torch.equal(out, x)

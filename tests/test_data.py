@@ -19,7 +19,7 @@ from mentor.data import (
     balanced_subset,
     make_splits,
 )
-from mentor.data.augment import random_crop, random_flip
+from mentor.data.crop_flip import random_crop, random_flip
 from mentor_plugins import data as data_plugin
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

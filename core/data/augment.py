@@ -1,13 +1,8 @@
-"""Augmentation of whole batches with an independent random draw per sample.
+"""The loop's batch augmentation: crop, flip and optional RandAugment, a draw per sample.
 
-torchvision.transforms.v2 applied to a batch tensor draws its randomness once
-per call, so every sample in the batch would get the same crop offset and the
-same flip. These functions draw per sample and stay vectorised (no Python loop
-over samples), so they run on the batch's device, GPU included.
-
-Randomness comes from an optional ``torch.Generator``; when one is given, the
-draws are made on the generator's device and moved to the batch's, so a fixed
-generator seed gives the same augmentation every time.
+torchvision.transforms.v2 on a batch tensor draws one random crop / flip for the whole batch;
+``BatchAugment`` composes the vectorised per-sample ops of crop_flip.py and strong_augment.py
+(one RandAugment for the whole project), so it runs on the batch's device from a seeded generator.
 """
 
 from __future__ import annotations
@@ -15,54 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-
-def _randint(high: int, size: tuple[int, ...], generator: torch.Generator | None,
-             device: torch.device) -> torch.Tensor:
-    if generator is None:
-        return torch.randint(high, size, device=device)
-    return torch.randint(high, size, generator=generator, device=generator.device).to(device)
-
-
-def _rand(size: tuple[int, ...], generator: torch.Generator | None,
-          device: torch.device) -> torch.Tensor:
-    if generator is None:
-        return torch.rand(size, device=device)
-    return torch.rand(size, generator=generator, device=generator.device).to(device)
-
-
-def random_crop(x: torch.Tensor, padding: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero-pad each side by ``padding`` and crop back to ``H x W`` at a random offset.
-
-    Each sample gets its own offset, uniform in ``0 .. 2 * padding`` along each
-    axis (as torchvision's ``RandomCrop(size, padding=padding)`` per image).
-    ``padding == 0`` returns ``x`` unchanged.
-    """
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    if padding == 0 or x.shape[0] == 0:
-        return x
-    b, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))  # zeros
-    offsets = _randint(2 * padding + 1, (2, b), generator, x.device)  # (dy, dx) per sample
-    wp = w + 2 * padding
-    # Flat position in the padded image of output pixel (i, j) at offset 0, then shifted.
-    base = (torch.arange(h, device=x.device)[:, None] * wp
-            + torch.arange(w, device=x.device)[None, :]).reshape(1, h * w)
-    flat = (offsets[0] * wp + offsets[1])[:, None] + base  # [B, H*W]
-    out = padded.reshape(b, c, -1).gather(2, flat[:, None, :].expand(b, c, h * w))
-    return out.reshape(b, c, h, w)
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator | None = None,
-                p: float = 0.5) -> torch.Tensor:
-    """Flip each sample horizontally with probability ``p``, independently."""
-    if x.shape[0] == 0 or p <= 0:
-        return x
-    mask = _rand((x.shape[0],), generator, x.device) < p
-    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+from .crop_flip import random_crop, random_flip
+from .strong_augment import rand_augment
 
 
 @dataclass
@@ -76,7 +26,7 @@ class BatchAugment:
 
     crop_padding: int = 0
     flip: bool = False
-    randaugment: tuple[int, int] | None = None  # (num_ops, magnitude): strong augmentation, uint8 only
+    randaugment: tuple[int, float] | None = None  # (num_ops, magnitude): strong_augment.rand_augment
 
     @property
     def active(self) -> bool:
@@ -84,23 +34,9 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.randaugment is not None:
-            x = rand_augment(x, *self.randaugment)
+            x = rand_augment(x, *self.randaugment, generator)
         if self.crop_padding > 0:
             x = random_crop(x, self.crop_padding, generator)
         if self.flip:
             x = random_flip(x, generator)
         return x
-
-
-def rand_augment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
-    """torchvision's RandAugment (Cubuk et al. 2020) with its own draw for every sample.
-
-    v2.RandAugment draws one op sequence per call, so it is called per sample;
-    its draws come from torch's global generator, which the training loop seeds
-    per epoch (so runs and resumed runs repeat). A loop over the batch: fine on
-    the small images of CPU runs, the batched GPU version belongs to the fast path.
-    """
-    from torchvision.transforms import v2
-
-    augment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
-    return torch.stack([augment(image) for image in x])

@@ -3,9 +3,10 @@
 Why: semi-supervised methods (UDA, FixMatch, Meta Pseudo Labels) feed every
 step a large unlabeled batch in two views, a weak one (flip + crop) and a
 strong one (RandAugment, Cubuk et al. 2020, then Cutout). torchvision's
-``v2.RandAugment`` draws one op sequence per call, so a batch needs a Python
-loop over its images (``augment.rand_augment``), which is far too slow for a
-GPU step. Here every sample gets its own ``num_ops`` ops, signs and cutout box
+``v2.RandAugment`` draws one op sequence per call, so a batch would need a
+Python loop over its images, far too slow for a GPU step. This is the one
+RandAugment of the project: ``BatchAugment(randaugment=...)`` uses it too.
+Here every sample gets its own ``num_ops`` ops, signs and cutout box
 from one vectorised draw, and each op runs once per slot on the rows that drew
 it (index masks: a loop over the ~14 ops, never over samples). The same code
 runs on the CPU for tests and small runs.
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .augment import _rand, _randint, random_crop, random_flip
+from .crop_flip import _rand, _randint, random_crop, random_flip
 
 MAX_MAGNITUDE = 30
 GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
