@@ -105,6 +105,8 @@ class StageContext:
         self.hook = state.hook
         self.seed: int = self.stage.seed if self.stage.seed is not None else self.experiment.seed
         self.dir: Path = state.run_dir / self.stage.name
+        if not self.dir.resolve().is_relative_to(state.run_dir.resolve()):  # names are checked; never trust
+            raise ValueError(f"stage folder {self.dir} is outside the run's folder {state.run_dir}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_id: str = ""  # the stage's MLflow run, set by the pipeline
 

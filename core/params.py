@@ -6,9 +6,13 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Params(BaseModel):
-    """Base of a component's parameter model and of every config section: unknown keys are errors."""
+    """Base of a component's parameter model and of every config section.
 
-    model_config = ConfigDict(extra="forbid")
+    Unknown keys are errors, and no float may be infinite or NaN (an infinite
+    learning rate or temperature can only fail later, far from the file).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NoParams(Params):

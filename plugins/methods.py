@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from mentor import (
@@ -54,6 +54,13 @@ class DistillStage(TrainingStageConfig):
     student: ModelKey = Field(description="a key of `models`: the student's architecture")
     init: StageName | None = Field(default=None, description="start the student from this stage's weights")
     losses: list[LossSpec] = Field(default_factory=_default_losses, min_length=1)
+
+    @field_validator("losses")
+    @classmethod
+    def _some_weight(cls, losses: list[LossSpec]) -> list[LossSpec]:
+        if sum(spec.weight for spec in losses) <= 0:
+            raise ValueError("the loss weights sum to 0: the student would learn nothing; give a term a weight > 0")
+        return losses
 
     def check(self, experiment, registry):
         """Every node a loss names exists in the student's or the teacher's model."""

@@ -1,8 +1,12 @@
 """Reading experiment files as data: YAML or TOML, never executing anything.
 
-YAML goes through ``yaml.safe_load`` (no object tags) and ``yaml.compose``
-for line numbers; TOML through ``tomllib``. Overrides from ``--set`` are
-applied to the raw data before validation.
+YAML is composed once with ``yaml.SafeLoader`` (no object tags; the node tree
+gives line numbers) and constructed from that tree; TOML goes through
+``tomllib``. A file is bounded before anything reads it deeply: at most
+``MAX_FILE_BYTES``, and at most ``MAX_NODES`` values once YAML aliases are
+expanded (a "billion laughs" file is a few lines that expand to billions of
+values, which validation, hashing or logging would then walk). Overrides from
+``--set`` are applied to the raw data before validation.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, Problem
+
+MAX_FILE_BYTES = 1 << 20
+"""An experiment file larger than this (1 MiB) is refused: real ones are a few KiB."""
+
+MAX_NODES = 100_000
+"""Values in a YAML file once its aliases are expanded; beyond this it is refused."""
 
 
 @dataclass
@@ -58,7 +68,14 @@ def read_document(path: str | Path) -> Document:
     source = str(path)
     if not path.is_file():
         raise ConfigError([Problem(source, "", "no such file")])
-    text = path.read_text(encoding="utf-8")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError([Problem(source, "", f"the file is {size:,} bytes; an experiment file may have at most "
+                                   f"{MAX_FILE_BYTES:,}")])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(source, "", f"not UTF-8 text (byte {exc.start})")]) from None
     if path.suffix.lower() == ".toml":
         try:
             data = tomllib.loads(text)
@@ -67,8 +84,13 @@ def read_document(path: str | Path) -> Document:
         doc = Document(source, data)
     else:
         try:
-            data = yaml.safe_load(text)
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            loader = yaml.SafeLoader(text)
+            try:
+                root = loader.get_single_node()
+                _check_expanded_size(source, root)
+                data = loader.construct_document(root) if root is not None else None
+            finally:
+                loader.dispose()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
@@ -77,10 +99,43 @@ def read_document(path: str | Path) -> Document:
             raise ConfigError([Problem(source, "", f"invalid YAML: {msg}", line, col)]) from None
         except yaml.YAMLError as exc:
             raise ConfigError([Problem(source, "", f"invalid YAML: {exc}")]) from None
+        except RecursionError:
+            raise ConfigError([Problem(source, "", "invalid YAML: nested too deeply")]) from None
         doc = Document(source, data, root)
     if not isinstance(doc.data, dict):
         raise ConfigError([Problem(source, "", "the file must hold a mapping (key: value) at its top")])
     return doc
+
+
+def _check_expanded_size(source: str, root: yaml.Node | None) -> None:
+    """Refuse a node tree that holds more than ``MAX_NODES`` values with its aliases expanded.
+
+    An alias is the same node object met again, so the expanded size of each
+    node is computed once (memoised by identity): linear in the file's size.
+    """
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = MAX_NODES + 1  # a node inside itself (a recursive alias) is over any bound
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(expanded(k) + expanded(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(expanded(v) for v in node.value)
+        else:
+            total = 1
+        sizes[key] = min(total, MAX_NODES + 1)
+        if total > MAX_NODES:
+            mark = node.start_mark
+            raise ConfigError([Problem(source, "", f"the file expands to more than {MAX_NODES:,} values "
+                                       "(YAML aliases repeated inside each other?)", mark.line + 1,
+                                       mark.column + 1)])
+        return sizes[key]
+
+    if root is not None:
+        expanded(root)
 
 
 def parse_path(text: str) -> tuple[str | int, ...]:

@@ -8,13 +8,30 @@ and each ``params`` block is validated by its component's own model.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
 from ..params import Params
 from .search import SearchConfig
+
+# --- names that become folder names ---------------------------------------------
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_RULE = "letters, digits, _ . - only, starting with a letter or digit, at most 100 characters"
+
+
+def check_name(value: str) -> str:
+    """The one rule for every name mentor turns into a path (experiment, stage, study): no separators,
+    no ``..``, nothing empty, so that what a run writes stays under its folder."""
+    if len(value) > 100 or not re.match(NAME_PATTERN, value):
+        raise ValueError(f"{value!r} is not a valid name: it names a folder ({NAME_RULE})")
+    return value
+
+
+PathName = Annotated[str, AfterValidator(check_name)]
 
 # --- references between parts of a file -----------------------------------------
 
@@ -131,7 +148,7 @@ class DataConfig(ComponentSpec):
         default=None, ge=1, description="labeled rows per class; the rest is unlabeled"
     )
     test_size: int | None = Field(default=None, ge=1, description="evaluate on a test subset")
-    split_seed: int = Field(default=0, description="seed of the val/labeled/unlabeled split")
+    split_seed: int = Field(default=0, ge=0, lt=2**63, description="seed of the val/labeled/unlabeled split")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
@@ -158,8 +175,8 @@ class ScheduleConfig(Params):
 class StageConfig(Params):
     """Fields every stage has. Methods subclass it; the core adds ``kind``."""
 
-    name: str | None = Field(default=None, description="defaults to '<kind>' or '<kind>_<i>'")
-    seed: int | None = Field(default=None, description="defaults to the experiment's seed")
+    name: PathName | None = Field(default=None, description="defaults to '<kind>' or '<kind>_<i>'")
+    seed: int | None = Field(default=None, ge=0, lt=2**63, description="defaults to the experiment's seed")
 
     def check(self, experiment, registry) -> list[tuple[tuple, str]]:
         """Extra checks once the whole file is valid: (path within the stage, message) pairs.
@@ -224,15 +241,12 @@ class TrackingConfig(Params):
     log_model: bool = Field(default=True, description="log the final model as an MLflow model")
 
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
 class ExperimentBase(Params):
     """The experiment file. ``stages`` is typed by the loader from the plugins."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: PathName
     description: str = ""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63, description="every stage's seed unless it sets its own")
     data: DataConfig
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     stages: list[Any] = Field(min_length=1)

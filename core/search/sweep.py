@@ -12,7 +12,6 @@ on where it was by running the same command again.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from ..config.schema import NAME_PATTERN
+from ..config.schema import check_name
 from ..config.search import SearchConfig
 from ..pipeline import git_commit
 from ..plugins import Plugins, default_plugins
@@ -76,8 +75,10 @@ class Sweep:
         if self.trials is not None:
             self.search = self.search.model_copy(update={"trials": self.trials})
         self.study_name = self.study_name or self.experiment.name
-        if not re.match(NAME_PATTERN, self.study_name):
-            raise SweepError(f"study name '{self.study_name}': use letters, digits, '_', '.' and '-'")
+        try:
+            check_name(self.study_name)
+        except ValueError as exc:
+            raise SweepError(f"study name: {exc}") from None
         self.url = self.storage or default_url(self.study_name)
         self.target = self.search.trials
         if self.search.sampler.name == "grid":

@@ -1,0 +1,118 @@
+"""A hostile-input corpus: each case is a file or an override a user (or an attacker) might write, and
+the CLI must answer it with exit 2, a location and a message that says what is wrong, never a
+traceback, a hang or a file written outside mentor's folders (issue 16)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mentor.cli import main
+
+GOOD = {
+    "name": "hostile",
+    "data": {"source": "fashion_mnist", "val_size": 100},
+    "models": {"teacher": {"name": "small_cnn"}, "student": {"name": "small_cnn"}},
+    "stages": [
+        {"name": "teacher", "kind": "train", "model": "teacher", "epochs": 1},
+        {"name": "student", "kind": "distill", "teacher": "teacher", "student": "student", "epochs": 1,
+         "losses": [{"name": "cross_entropy", "weight": 0.5}, {"name": "kd", "weight": 0.5}]},
+    ],
+}
+
+BOMB = """\
+name: bomb
+data: {source: fashion_mnist}
+models:
+  teacher:
+    name: small_cnn
+    params:
+      a: &a [x, x, x, x, x, x, x, x, x, x]
+      b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+      c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+      d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+      e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+      f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+      g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+      h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+      i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+stages: [{kind: train, model: teacher}]
+"""
+
+
+#: Cases that could hang or exhaust memory run in a subprocess with a time limit; the rest in process.
+GUARDED = {"alias-bomb", "recursive-alias", "deep-nesting"}
+
+
+def validate(tmp_path, text: str | bytes, *overrides: str, guarded: bool = False, capsys=None):
+    """(exit code, stderr) of ``mentor validate`` on ``text`` with ``--set`` overrides."""
+    path = tmp_path / "experiment.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    argv = ["validate", str(path), *[arg for o in overrides for arg in ("--set", o)]]
+    if guarded:
+        done = subprocess.run([sys.executable, "-m", "mentor.cli", *argv], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+        return done.returncode, done.stderr
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def good(**changes) -> str:
+    return yaml.safe_dump({**GOOD, **changes}, sort_keys=False)
+
+
+# (id, file text, overrides, what the error must say: the location, then the message)
+CASES = [
+    ("alias-bomb", BOMB, (), "experiment.yaml:11:10:", "expands to more than 100,000 values"),
+    ("recursive-alias", "name: r\ndata: &d {source: fashion_mnist, params: {x: *d}}\nstages: []\n", (),
+     "experiment.yaml", "expands to more than"),
+    ("deep-nesting", "name: n\nx: " + "[" * 5000 + "]" * 5000 + "\n", (), "experiment.yaml", "nested too deeply"),
+    ("not-utf8", b"name: \xff\xfe\n", (), "experiment.yaml", "not UTF-8 text"),
+    ("stage-traversal", good(), ("stages[0].name=../../../../tmp/x",), "stages[0].name",
+     "is not a valid name: it names a folder"),
+    ("stage-absolute", good(), ("stages[0].name=/tmp/x",), "stages[0].name", "is not a valid name"),
+    ("stage-empty", good(), ("stages[0].name=''",), "stages[0].name", "is not a valid name"),
+    ("stage-space", good(), ("stages[0].name=my stage",), "stages[0].name", "is not a valid name"),
+    ("experiment-traversal", good(name="../x"), (), "name", "is not a valid name"),
+    ("infinite-lr", good(), ("stages[0].optimizer.lr=.inf",), "stages[0].optimizer.lr", "finite number"),
+    ("nan-temperature", good(), ("stages[1].losses[1].params.temperature=.nan",),
+     "stages[1].losses[1].params.temperature", "finite number"),
+    ("infinite-weight", good(), ("stages[1].losses[0].weight=.inf",), "stages[1].losses[0].weight",
+     "finite number"),
+    ("weights-sum-zero", good(), ("stages[1].losses[0].weight=0", "stages[1].losses[1].weight=0"),
+     "stages[1].losses", "the loss weights sum to 0"),
+    ("seed-beyond-64-bits", good(seed=2**70), (), "seed", "less than 9223372036854775808"),
+    ("negative-seed", good(), ("stages[0].seed=-1",), "stages[0].seed", "greater than or equal to 0"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_file_is_refused_with_a_located_message(tmp_path, capsys, case):
+    name, text, overrides, where, message = case
+    code, err = validate(tmp_path, text, *overrides, guarded=name in GUARDED, capsys=capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert where in err and message in err, err
+
+
+def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path, capsys):
+    code, err = validate(tmp_path, good() + "# " + "x" * (1 << 20) + "\n", capsys=capsys)
+    assert code == 2
+    assert "an experiment file may have at most 1,048,576" in err
+
+
+def test_a_bounded_file_with_aliases_still_loads(tmp_path, capsys):
+    """Aliases are fine in moderation: the bound is on the expanded size, not on their use."""
+    text = """\
+name: aliases
+data: {source: fashion_mnist, val_size: 100}
+models: {teacher: {name: small_cnn}, student: {name: small_cnn}}
+stages:
+  - {name: teacher, kind: train, model: teacher, epochs: 1, optimizer: &opt {lr: 0.05, momentum: 0.9}}
+  - {name: student, kind: distill, teacher: teacher, student: student, epochs: 1, optimizer: *opt}
+"""
+    code, err = validate(tmp_path, text, capsys=capsys)
+    assert code == 0, err
