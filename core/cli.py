@@ -46,7 +46,8 @@ def cmd_run(args) -> int:
     resume = args.resume is not None
     run_id = args.resume if args.resume not in (None, "latest") else None
     try:
-        results = run_experiment(experiment, plugins, resume=resume, resume_run_id=run_id)
+        results = run_experiment(experiment, plugins, resume=resume, resume_run_id=run_id,
+                                 resume_changed=args.resume_changed)
     except KeyboardInterrupt:
         if is_main():  # under torchrun, rank 0 speaks for all
             _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume")
@@ -276,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_file(p)
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
                    help="continue the last unfinished run of this file (or the given parent run)")
+    p.add_argument("--resume-changed", action="store_true",
+                   help="with --resume RUN_ID: continue that run although the file or --set changed it")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="search hyperparameters with Optuna (the file's search block)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -29,12 +30,13 @@ from .data.splits import Splits, make_splits
 from .engine import distributed
 from .engine.runtime import choose_runtime
 from .plugins import Plugins, default_plugins
-from .tracking.tracker import NullTracker, Tracker
+from .tracking.tracker import MAX_PARAM_LENGTH, NullTracker, Tracker, flatten
 from .version import __version__
 
 
 class NothingToResume(Exception):
-    """``--resume`` found no unfinished run of this experiment and config."""
+    """``--resume`` cannot continue: no unfinished run of this config, no such run, a finished run, a
+    stage's run instead of its parent, or a run of another configuration (unless told to go on)."""
 
 
 def config_hash(config: dict) -> str:
@@ -65,6 +67,7 @@ class ExperimentRunner:
         self.config = experiment.model_dump(mode="json", exclude={"search"})  # what runs, not how it is searched
         self.hash = config_hash(self.config)
         self.results: dict[str, StageResult] = {}
+        self.resume_changed = False  # --resume-changed: continue a run whose config differs
 
     def state(self) -> RunState:
         """What this run's stages read (``StageContext`` is built from it)."""
@@ -78,12 +81,9 @@ class ExperimentRunner:
         return make_splits(bundle, val_size=data.val_size, labeled_per_class=data.labeled_per_class,
                            split_seed=data.split_seed, test_size=data.test_size)
 
-    def _find_resumable(self, run_id: str | None) -> str:
+    def _find_resumable(self, run_id: str | None, changed: bool = False) -> str:
         if run_id:
-            run = self.tracker.client.get_run(run_id)
-            if run.info.experiment_id != self.tracker.experiment_id:
-                raise NothingToResume(f"run {run_id} is not in experiment '{self.tracker.experiment}'")
-            return run_id
+            return self._check_resumable(run_id, changed)
         runs = self.tracker.find_runs(
             f"tags.`mentor.config_hash` = '{self.hash}' and tags.`mentor.kind` = 'experiment'"
         )
@@ -95,11 +95,43 @@ class ExperimentRunner:
             f"(config hash {self.hash}) in {self.tracker.uri}"
         )
 
-    def run(self, resume: bool = False, resume_run_id: str | None = None) -> dict[str, StageResult]:
+    def _check_resumable(self, run_id: str, changed: bool) -> str:
+        """The run ``--resume RUN_ID`` names, if it is this experiment's unfinished run of this config."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.tracker.client.get_run(run_id)
+        except MlflowException:
+            raise NothingToResume(f"no run {run_id} in {self.tracker.uri}") from None
+        tags = run.data.tags
+        if run.info.experiment_id != self.tracker.experiment_id:
+            raise NothingToResume(f"run {run_id} is not in experiment '{self.tracker.experiment}'")
+        if tags.get("mentor.kind") != "experiment":
+            parent = tags.get("mlflow.parentRunId")
+            what = f"the {tags.get('mentor.kind', 'nested')} run '{run.info.run_name}'"
+            hint = f" of run {parent}: resume that one (mentor run FILE --resume {parent})" if parent else ""
+            raise NothingToResume(f"run {run_id} is {what}{hint}")
+        if run.info.status == "FINISHED":
+            raise NothingToResume(f"run {run_id} finished: nothing to resume (run without --resume for a new run)")
+        if tags.get("mentor.config_hash") != self.hash and not changed:
+            old = run.data.params
+            now = {k[:250]: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(self.config).items()}
+            diff = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
+            shown = ", ".join(f"{k}: {old.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in diff[:5])
+            more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+            raise NothingToResume(
+                f"run {run_id} was started with another configuration ({shown or 'config hash differs'}{more}); "
+                "run without --resume for a new run, or add --resume-changed to continue it with this one "
+                "(finished stages stay as they were)")
+        return run_id
+
+    def run(self, resume: bool = False, resume_run_id: str | None = None,
+            resume_changed: bool = False) -> dict[str, StageResult]:
         """Run the stages; under torchrun, in the process group of all ranks."""
         self.runtime = choose_runtime(self.experiment.engine)
         with distributed.group(self.runtime.device) as device:
             self.runtime.device = device
+            self.resume_changed = resume_changed
             return self._run(resume, resume_run_id)
 
     def _open_parent(self, resume: bool, resume_run_id: str | None) -> str:
@@ -112,8 +144,16 @@ class ExperimentRunner:
             "mentor.world_size": str(distributed.world_size()), **self.tags,
         }
         if resume or resume_run_id:
-            parent = self._find_resumable(resume_run_id)
+            changed = self.resume_changed
+            parent = self._find_resumable(resume_run_id, changed)
             self.tracker.reopen(parent)
+            if changed and self.tracker.client.get_run(parent).data.tags.get("mentor.config_hash") != self.hash:
+                self.tracker.set_tags(parent, {"mentor.config_hash": self.hash, "mentor.resumed_changed": "true"})
+                self.tracker.log_text(parent, yaml.safe_dump(self.config, sort_keys=False), "config-resumed.yaml")
+            done = [s.name for s in exp.stages
+                    if (Path(exp.tracking.checkpoint_dir) / exp.name / parent / s.name / "result.json").is_file()]
+            print(f"resuming run {parent} in {self.tracker.uri}"
+                  + (f" (done: {', '.join(done)})" if done else " (no stage finished yet)"), file=sys.stderr)
             return parent
         parent = self.tracker.start_run(exp.name, tags, parent=self.parent_run_id)
         self.tracker.log_params(parent, self.config)
@@ -203,8 +243,10 @@ class ExperimentRunner:
 
 
 def run_experiment(experiment, plugins: Plugins | None = None, resume: bool = False,
-                   resume_run_id: str | None = None, parent_run_id: str | None = None) -> dict[str, StageResult]:
-    return ExperimentRunner(experiment, plugins, parent_run_id).run(resume=resume, resume_run_id=resume_run_id)
+                   resume_run_id: str | None = None, parent_run_id: str | None = None,
+                   resume_changed: bool = False) -> dict[str, StageResult]:
+    return ExperimentRunner(experiment, plugins, parent_run_id).run(resume=resume, resume_run_id=resume_run_id,
+                                                                    resume_changed=resume_changed)
 
 
 __all__ = ["ExperimentRunner", "NothingToResume", "run_experiment"]

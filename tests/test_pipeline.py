@@ -1,5 +1,6 @@
 """End to end: runs, metrics and artifacts land in MLflow; interrupted runs resume exactly."""
 
+import copy
 import json
 import os
 import subprocess
@@ -133,6 +134,40 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(workdir, tiny_co
 
     with pytest.raises(NothingToResume):
         run_experiment(experiment(tiny_config, plugins), plugins, resume=True)
+
+
+def test_resume_by_id_is_explicit(workdir, tiny_config):
+    """--resume RUN_ID continues only that experiment's unfinished run of this configuration: an unknown
+    id, a stage's run, a changed config and a finished run are each refused with a message that says why
+    (and what to do); --resume-changed continues a changed one."""
+    stopping = load_plugins(extra=[SyntheticData(), StopAt("student", 0)])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(experiment(tiny_config, stopping), stopping)
+    c = client(workdir)
+    [parent], stages = runs_by_stage(c, "tiny")
+    parent_id = parent.info.run_id
+    plugins = load_plugins(extra=[SyntheticData()])
+
+    def refused(config, run_id, **kwargs) -> str:
+        with pytest.raises(NothingToResume) as err:
+            run_experiment(experiment(config, plugins), plugins, resume=True, resume_run_id=run_id, **kwargs)
+        return str(err.value)
+
+    assert refused(tiny_config, "0" * 32).startswith(f"no run {'0' * 32} in sqlite:///")
+    message = refused(tiny_config, stages["teacher"].info.run_id)
+    assert f"of run {parent_id}: resume that one (mentor run FILE --resume {parent_id})" in message
+    changed = copy.deepcopy(tiny_config)
+    changed["stages"][1]["epochs"] = 4
+    message = refused(changed, parent_id)
+    assert "another configuration (stages.1.epochs: 3 -> 4)" in message and "--resume-changed" in message
+    assert c.get_run(parent_id).info.status == "KILLED"  # a refusal leaves the run as it was
+
+    resumed = run_experiment(experiment(changed, plugins), plugins, resume=True, resume_run_id=parent_id,
+                             resume_changed=True)
+    assert len(resumed["student"].history) == 4
+    run = c.get_run(parent_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mentor.resumed_changed"] == "true"
+    assert refused(changed, parent_id).endswith("finished: nothing to resume (run without --resume for a new run)")
 
 
 def test_corrupt_checkpoint_is_a_located_error(workdir, tiny_config):
