@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config.errors import ConfigError, Problem, dotted
+from .config.errors import ConfigError, located_error
 from .config.schema import LossSpec, SelectionSpec, TrainingConfig
 from .data.loader import Batches
 from .data.splits import Splits, StageData, balanced_subset
@@ -194,9 +194,7 @@ class StageContext:
     def config_error(self, path: tuple, message: str) -> ConfigError:
         """An error about the experiment file found at run time, located like ``mentor validate``'s
         (file:line:col and dotted path); the CLI reports it with exit code 2."""
-        doc = self.experiment._document
-        source, line, col = doc.locate(path) if doc is not None else ("<config>", None, None)
-        return ConfigError([Problem(source, dotted(path), message, line, col)])
+        return located_error(self.experiment, path, message)
 
     def build_loss(self, spec: LossSpec) -> Loss:
         return self.registry.get("loss", spec.name).factory(**spec.params)

@@ -16,14 +16,19 @@ files, which the others read after a barrier.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
 
+from .config.errors import located_error
 from .config.loader import references, teacher_model_key, trained_model_key
 from .context import RunState, StageContext, StageResult, StopRun
 from .data.splits import Splits, make_splits
@@ -37,6 +42,28 @@ from .version import __version__
 class NothingToResume(Exception):
     """``--resume`` cannot continue: no unfinished run of this config, no such run, a finished run, a
     stage's run instead of its parent, or a run of another configuration (unless told to go on)."""
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold SIGINT and SIGTERM while the block runs, then raise ``KeyboardInterrupt`` if one came.
+
+    For the few calls that end MLflow runs: interrupted halfway, they would leave a run RUNNING
+    forever. Outside the main thread signals cannot be caught, and nothing is deferred.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def config_hash(config: dict) -> str:
@@ -166,15 +193,16 @@ class ExperimentRunner:
             self.splits = self.load_data()
         if not distributed.is_main():
             self.tracker = NullTracker(exp.tracking.experiment or exp.name)
+        distributed.on_main(self._check_checkpoint_dir)  # before a run exists that it would leave RUNNING
         self.parent = distributed.on_main(lambda: self._open_parent(resume, resume_run_id))
         self.run_dir = Path(exp.tracking.checkpoint_dir) / exp.name / self.parent
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         hook = self.plugins.hook
-        hook.on_experiment_start(experiment=exp, run_id=self.parent)
         status = "FAILED"
         stage_run = None
-        state = self.state()
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            state = self.state()
+            hook.on_experiment_start(experiment=exp, run_id=self.parent)
             self._check_weights(state)
             for index, stage in enumerate(exp.stages):
                 ctx = StageContext(state, index)
@@ -200,12 +228,26 @@ class ExperimentRunner:
             status = "KILLED"
             raise
         finally:
-            self.tracker.flush()
-            if stage_run:
-                self.tracker.end_run(stage_run, status)
-            self.tracker.end_run(self.parent, status)
+            with deferred_interrupts():  # a second Ctrl-C (or a kill) must not leave a run RUNNING
+                self.tracker.flush()
+                if stage_run:
+                    self.tracker.end_run(stage_run, status)
+                self.tracker.end_run(self.parent, status)
             hook.on_experiment_end(experiment=exp, run_id=self.parent, results=self.results, status=status)
         return self.results
+
+    def _check_checkpoint_dir(self) -> None:
+        """``tracking.checkpoint_dir`` can hold this experiment's resume state: a located error if not."""
+        root = Path(self.experiment.tracking.checkpoint_dir) / self.experiment.name
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise located_error(self.experiment, ("tracking", "checkpoint_dir"),
+                                f"cannot write the run's resume state under {root}: "
+                                f"{exc.strerror or exc}") from None
 
     def _check_weights(self, state: RunState) -> None:
         """Before anything trains: every model with weights of its own loads, and every teacher given by

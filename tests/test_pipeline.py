@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 
 from mentor import hookimpl
-from mentor.config import validate_document
+from mentor.config import ConfigError, load_experiment, validate_document
 from mentor.config.document import Document
 from mentor.engine.checkpoint import CheckpointError
 from mentor.pipeline import ExperimentRunner, NothingToResume, run_experiment
@@ -168,6 +169,40 @@ def test_resume_by_id_is_explicit(workdir, tiny_config):
     run = c.get_run(parent_id)
     assert run.info.status == "FINISHED" and run.data.tags["mentor.resumed_changed"] == "true"
     assert refused(changed, parent_id).endswith("finished: nothing to resume (run without --resume for a new run)")
+
+
+def test_unwritable_checkpoint_dir_is_a_located_error_before_any_run(workdir, tiny_config, write_yaml):
+    (workdir / "a-file").write_text("not a folder")
+    tiny_config["tracking"]["checkpoint_dir"] = "a-file/checkpoints"
+    path = write_yaml(tiny_config)
+    plugins = load_plugins(extra=[SyntheticData()])
+    with pytest.raises(ConfigError) as err:
+        run_experiment(load_experiment(path, registry=plugins.registry), plugins)
+    [problem] = err.value.problems
+    assert (problem.source, problem.path) == (str(path), "tracking.checkpoint_dir")
+    assert problem.message.startswith("cannot write the run's resume state under a-file/checkpoints/tiny: ")
+    runs = client(workdir).search_runs([e.experiment_id for e in client(workdir).search_experiments()])
+    assert [r.info.status for r in runs] == []  # no run opened, none left RUNNING
+
+
+def test_a_second_interrupt_while_runs_end_still_ends_them(workdir, tiny_config, monkeypatch):
+    """Ctrl-C, then Ctrl-C again while mentor is closing its MLflow runs: both still end KILLED."""
+    from mentor.tracking.tracker import Tracker
+
+    end_run = Tracker.end_run
+
+    def interrupted_again(self, run_id, status="FINISHED"):
+        if status == "KILLED":  # closing after the first Ctrl-C: the second arrives now
+            os.kill(os.getpid(), signal.SIGINT)
+        end_run(self, run_id, status)
+
+    monkeypatch.setattr(Tracker, "end_run", interrupted_again)
+    plugins = load_plugins(extra=[SyntheticData(), StopAt("student", 0)])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(experiment(tiny_config, plugins), plugins)
+    parents, stages = runs_by_stage(client(workdir), "tiny")
+    assert parents[0].info.status == "KILLED"
+    assert stages["student"].info.status == "KILLED"
 
 
 def test_corrupt_checkpoint_is_a_located_error(workdir, tiny_config):

@@ -45,3 +45,11 @@ def dotted(path: Sequence[str | int]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def located_error(experiment, path: Sequence[str | int], message: str) -> ConfigError:
+    """An error about a field of a loaded experiment found after validation (at run time), located like
+    ``mentor validate``'s: file:line:col (when the file is known) and the dotted path."""
+    doc = getattr(experiment, "_document", None)
+    source, line, col = doc.locate(path) if doc is not None else ("<config>", None, None)
+    return ConfigError([Problem(source, dotted(path), message, line, col)])
