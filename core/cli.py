@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import NothingToResume
     from .plugins import PluginError
     from .registry import PluginConflict, UnknownComponent
+    from .tracking.tracker import TrackingUnreachable
 
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a run like Ctrl-C: recorded KILLED, resumable
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USAGE
     except (PluginError, PluginConflict, UnknownComponent, DataNotFound, CheckpointError,
-            NothingToResume) as exc:
+            NothingToResume, TrackingUnreachable) as exc:
         if debug:
             raise
         _err(f"error: {exc}")

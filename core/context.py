@@ -54,7 +54,7 @@ class StageResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        checkpoint.write_text_atomic(json.dumps(asdict(self), indent=2), path)
 
     @classmethod
     def load(cls, path: Path) -> StageResult:

@@ -116,3 +116,45 @@ stages:
 """
     code, err = validate(tmp_path, text, capsys=capsys)
     assert code == 0, err
+
+
+# --- runtime faults ------------------------------------------------------------------------------
+
+
+def test_a_dead_tracking_server_fails_fast_with_its_address(tmp_path, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiment.yaml").write_text(good())
+    code = main(["run", "experiment.yaml", "--set", f"tracking.uri=http://user:secret@127.0.0.1:{port}",
+                 "--set", "data.params.root=" + str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"cannot reach the MLflow tracking server at http://user:***@127.0.0.1:{port} (127.0.0.1:{port})" in err
+    assert "secret" not in err and "Traceback" not in err
+
+
+def test_a_full_disk_names_the_file_and_says_so(tmp_path, monkeypatch):
+    """torch reports a full disk as '[enforce fail at inline_container.cc:672] unexpected pos'; mentor says
+    what it is and where, and leaves no partial file behind."""
+    import collections
+
+    import torch
+
+    from mentor.engine import checkpoint
+
+    def full(obj, handle):
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4544 vs 4432")
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    target = tmp_path / "ckpt" / "checkpoint.pt"
+    with pytest.raises(checkpoint.StateWriteError) as err:
+        checkpoint.save_atomic({"x": 1}, target)
+    assert str(err.value) == f"{target}: cannot write it: no space left on the device (0 bytes free)"
+    assert list((tmp_path / "ckpt").iterdir()) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,20 +17,55 @@ class CheckpointError(Exception):
     or do not fit the model. The CLI reports it in one line with exit code 2."""
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
+class StateWriteError(CheckpointError):
+    """Resume state or weights could not be written (a full disk, a read-only folder); names the file."""
+
+
+def _write_atomic(path: str | Path, write) -> None:
+    """``write(handle)`` into a temporary file in the same folder, then rename over ``path``: a reader
+    (or a resumed run) sees the old file or the new one, never half of one. A failure to write is a
+    ``StateWriteError`` that names the file and, for a full disk, says so (torch's own message for it
+    is ``[enforce fail at inline_container.cc] unexpected pos``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise StateWriteError(f"{path}: cannot write it: {_why(exc, path)}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _why(exc: BaseException, path: Path) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    try:
+        free = shutil.disk_usage(next(p for p in (path.parent, *path.parents) if p.exists())).free
+    except (OSError, StopIteration):
+        free = None
+    if free is not None and free < 64 << 20:
+        return f"no space left on the device ({free:,} bytes free)"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (see ``_write_atomic``)."""
+    _write_atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """A small text file (a stage's result.json, a report) written atomically."""
+    _write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load(path: str | Path) -> Any:

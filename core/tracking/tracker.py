@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -61,11 +64,31 @@ def fluent_tracking_uri(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
+class TrackingUnreachable(ConnectionError):
+    """The MLflow tracking server does not answer; says the address that was tried."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when an http(s) tracking server is not there (MLflow's
+    client would retry for minutes first). Other stores (sqlite, files) are local."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        shown = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", uri)
+        raise TrackingUnreachable(f"cannot reach the MLflow tracking server at {shown} "
+                                  f"({parts.hostname}:{port}): {exc.strerror or exc}") from None
+
+
 class Tracker:
     """An experiment's runs in one MLflow store."""
 
     def __init__(self, experiment: str, uri: str | None = None):
         self.uri = tracking_uri(uri)
+        check_reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
         self.experiment = experiment
