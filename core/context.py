@@ -215,7 +215,8 @@ class StageContext:
         n = getattr(cfg, "train_subset", None)
         if n is not None:
             if n > len(data):
-                raise ValueError(f"stage '{self.stage.name}': train_subset {n} > {len(data)} labeled rows")
+                raise self.config_error(("stages", self.index, "train_subset"),
+                                        f"{n} is more than the {len(data)} labeled training images")
             data = data.subset(balanced_subset(data.labels, n, self.experiment.data.split_seed))
         return data
 

@@ -31,7 +31,7 @@ import yaml
 from .config.errors import located_error
 from .config.loader import references, teacher_model_key, trained_model_key
 from .context import RunState, StageContext, StageResult, StopRun
-from .data.splits import Splits, make_splits
+from .data.splits import SplitError, Splits, make_splits
 from .engine import distributed
 from .engine.runtime import choose_runtime
 from .plugins import Plugins, default_plugins
@@ -105,8 +105,17 @@ class ExperimentRunner:
         data = self.experiment.data
         source = self.plugins.registry.get("data_source", data.source)
         bundle = source.factory(**data.params)
-        return make_splits(bundle, val_size=data.val_size, labeled_per_class=data.labeled_per_class,
-                           split_seed=data.split_seed, test_size=data.test_size)
+        try:
+            splits = make_splits(bundle, val_size=data.val_size, labeled_per_class=data.labeled_per_class,
+                                 split_seed=data.split_seed, test_size=data.test_size)
+        except SplitError as exc:
+            raise located_error(self.experiment, ("data", exc.field), str(exc)) from None
+        for index, stage in enumerate(self.experiment.stages):  # before anything trains
+            n = getattr(stage, "train_subset", None)
+            if n is not None and n > len(splits.labeled):
+                raise located_error(self.experiment, ("stages", index, "train_subset"),
+                                    f"{n} is more than the {len(splits.labeled)} labeled training images")
+        return splits
 
     def _find_resumable(self, run_id: str | None, changed: bool = False) -> str:
         if run_id:

@@ -194,9 +194,10 @@ def test_splits_nested_labeled_and_stable_val():
 def test_labeled_per_class_too_large():
     bundle = synthetic_bundle([30, 12])
     make_splits(bundle, val_size=4, labeled_per_class=10, split_seed=0)  # 2 + 10 fit
-    with pytest.raises(ValueError, match="labeled_per_class=11") as err:
+    with pytest.raises(ValueError, match="^11 but after taking 4 validation rows") as err:
         make_splits(bundle, val_size=4, labeled_per_class=11, split_seed=0)
     assert "c1 has 10" in str(err.value)
+    assert err.value.field == "labeled_per_class"  # the pipeline locates it at data.labeled_per_class
 
 
 def test_unlabeled_hides_labels():

@@ -158,3 +158,30 @@ def test_a_full_disk_names_the_file_and_says_so(tmp_path, monkeypatch):
         checkpoint.save_atomic({"x": 1}, target)
     assert str(err.value) == f"{target}: cannot write it: no space left on the device (0 bytes free)"
     assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+@pytest.mark.parametrize(("override", "where", "message"), [
+    ("data.val_size=60000", "data.val_size", "60000 leaves no training rows (the train set has 60000)"),
+    ("data.labeled_per_class=6000", "data.labeled_per_class", "6000 but after taking 100 validation rows"),
+    ("data.test_size=20000", "data.test_size", "20000 but the test set has 10000 rows"),
+    ("stages[0].train_subset=70000", "stages[0].train_subset", "70000 is more than the 59900 labeled"),
+], ids=["val_size", "labeled_per_class", "test_size", "train_subset"])
+def test_sizes_larger_than_the_data_are_located_before_any_run(tmp_path, capsys, monkeypatch, override, where,
+                                                               message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiment.yaml").write_text(good())
+    code = main(["run", "experiment.yaml", "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"experiment.yaml: {where}: {message}" in err or f"--set: {where}: {message}" in err, err
+    assert no_runs(tmp_path)  # refused before the parent run opened: nothing left RUNNING
+
+
+def no_runs(workdir) -> bool:
+    from mlflow import MlflowClient
+
+    db = workdir / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return True
+    c = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return not c.search_runs([e.experiment_id for e in c.search_experiments()])

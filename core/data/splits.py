@@ -195,6 +195,14 @@ def _complement(n: int, rows: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(keep).reshape(-1)
 
 
+class SplitError(ValueError):
+    """A split size the data cannot give; ``field`` is its key under ``data:`` (for a located error)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def make_splits(bundle: DataBundle, *, val_size: int, labeled_per_class: int | None,
                 split_seed: int, test_size: int | None = None) -> Splits:
     """Cut validation, labeled and unlabeled sets from ``bundle.train``.
@@ -211,9 +219,9 @@ def make_splits(bundle: DataBundle, *, val_size: int, labeled_per_class: int | N
     train, info = bundle.train, bundle.info
     n = len(train)
     if val_size < 0:
-        raise ValueError(f"val_size must be >= 0, got {val_size}")
+        raise SplitError("val_size", f"must be >= 0, got {val_size}")
     if val_size >= n > 0:
-        raise ValueError(f"val_size={val_size} leaves no training rows (train set has {n})")
+        raise SplitError("val_size", f"{val_size} leaves no training rows (the train set has {n})")
     val_rows = balanced_subset(train.labels, val_size, derive_seed(split_seed, "val"))
     rest = _complement(n, val_rows)
 
@@ -221,7 +229,7 @@ def make_splits(bundle: DataBundle, *, val_size: int, labeled_per_class: int | N
         labeled_rows, unlabeled_rows = rest, torch.empty(0, dtype=torch.long)
     else:
         if labeled_per_class < 1:
-            raise ValueError(f"labeled_per_class must be >= 1, got {labeled_per_class}")
+            raise SplitError("labeled_per_class", f"must be >= 1, got {labeled_per_class}")
         rest_labels = train.labels[rest]
         num_classes = max(info.num_classes, int(train.labels.max()) + 1 if n else 0)
         counts = torch.bincount(rest_labels, minlength=num_classes)
@@ -231,8 +239,8 @@ def make_splits(bundle: DataBundle, *, val_size: int, labeled_per_class: int | N
             detail = ", ".join(
                 f"{names[c] if c < len(names) else c} has {k}" for c, k in short[:10]
             )
-            raise ValueError(
-                f"labeled_per_class={labeled_per_class} but after taking {val_size} validation "
+            raise SplitError(
+                "labeled_per_class", f"{labeled_per_class} but after taking {val_size} validation "
                 f"rows some classes have fewer train rows: {detail}. Lower labeled_per_class "
                 "or val_size."
             )
@@ -244,7 +252,7 @@ def make_splits(bundle: DataBundle, *, val_size: int, labeled_per_class: int | N
     test = bundle.test
     if test_size is not None:
         if test_size > len(test):
-            raise ValueError(f"test_size={test_size} but the test set has {len(test)} rows")
+            raise SplitError("test_size", f"{test_size} but the test set has {len(test)} rows")
         test = test.subset(balanced_subset(test.labels, test_size, derive_seed(split_seed, "test")))
 
     order = torch.argsort(train.index)
