@@ -86,6 +86,9 @@ CASES = [
      "stages[1].losses", "the loss weights sum to 0"),
     ("seed-beyond-64-bits", good(seed=2**70), (), "seed", "less than 9223372036854775808"),
     ("negative-seed", good(), ("stages[0].seed=-1",), "stages[0].seed", "greater than or equal to 0"),
+    ("init-of-another-architecture", good(), ("models.student.params.channels=[4, 8]", "stages[1].init=teacher"),
+     "stages[1].init", "stage 'teacher' trained models.teacher (small_cnn), whose weights do not fit "
+     "models.student (small_cnn, other layer shapes)"),
 ]
 
 

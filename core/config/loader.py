@@ -287,6 +287,8 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
                     report(where, problem)
     if not problems:
         for i, stage in enumerate(experiment.stages):
+            for field, message in _init_problems(experiment, stage, seen, registry):
+                report(("stages", i, field), message)
             for path, message in stage.check(experiment, registry):
                 report(("stages", i, *path), message)
     if not problems and getattr(experiment, "search", None) is not None:
@@ -295,6 +297,39 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
         for path, message in check_search(experiment, registry):
             report(path, message)
     return problems
+
+
+def _shapes(spec: ModelSpec, registry: Registry) -> dict[str, tuple] | None:
+    """The parameter and buffer shapes of a model spec, built on the meta device (no memory, no download);
+    None when it cannot be built here (then the run reports it)."""
+    import torch
+
+    params = {k: v for k, v in spec.params.items() if k != "weights"}
+    try:
+        with torch.device("meta"):
+            model = registry.get("model", spec.name).factory(10, 3, **params)
+    except Exception:  # a factory that needs real tensors: nothing to compare here
+        return None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _init_problems(experiment, stage, seen: dict[str, int], registry: Registry) -> Iterator[tuple[str, str]]:
+    """An ``init:`` (or ``<model>_init:``) whose stage trained a model of other shapes than the one it
+    starts: its weights could not be loaded, so say so now rather than after the stages before it."""
+    for field, ref, _, value in references(stage):
+        if ref.target != "stage" or not field.endswith("init") or value not in seen:
+            continue
+        own = trained_model_key(stage) if field == "init" else getattr(stage, field.removesuffix("_init"), None)
+        source = trained_model_key(experiment.stages[seen[value]])
+        if not (isinstance(own, str) and own in experiment.models and source in experiment.models) or own == source:
+            continue
+        a, b = experiment.models[own], experiment.models[source]
+        if a.name is None or b.name is None:
+            continue
+        shapes_a, shapes_b = _shapes(a, registry), _shapes(b, registry)
+        if shapes_a is not None and shapes_b is not None and shapes_a != shapes_b:
+            yield field, (f"stage '{value}' trained models.{source} ({b.name}), whose weights do not fit "
+                          f"models.{own} ({a.name}, other layer shapes): it cannot start it")
 
 
 def _resolve_path(value: str, doc: Document | None, where: tuple) -> Path:
