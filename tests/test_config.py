@@ -62,7 +62,7 @@ def test_unknown_stage_kind_and_field_get_did_you_mean(write_yaml, tiny_config, 
     tiny_config["stages"][1]["kind"] = "distil"
     tiny_config["stages"][0]["epoch"] = 3
     found = problems(write_yaml(tiny_config), plugins.registry)
-    assert "did you mean 'distill'" in found["stages[1]"].message
+    assert "did you mean 'distill'" in found["stages[1].kind"].message
     assert "did you mean 'epochs'" in found["stages[0].epoch"].message
 
 
@@ -101,6 +101,26 @@ def test_toml_files_validate_the_same_way(tmp_path, plugins):
     assert "greater than or equal to 1" in found["stages[0].epochs"].message
     path.write_text(path.read_text().replace("epochs = 0", "epochs = 2"))
     assert load_experiment(path, registry=plugins.registry).stages[0].epochs == 2
+
+
+def test_toml_errors_are_located_like_yaml(tmp_path, plugins):
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        'name = "t"\n'                                     # 1
+        '[data]\nsource = "synthetic"\n'                   # 2-3
+        '[models.m]\nname = "small_cnn"\n'                 # 4-5
+        '[[stages]]\nkind = "train"\nmodel = "m"\n'        # 6-8
+        '[[stages]]\nkind = "train"\nmodel = "mm"\n'       # 9-11
+        '  optimizer = {lr = -1.0}\n'                      # 12
+        '[stages.augment]\ncrop_padding = -2\n'            # 13-14
+    )
+    found = problems(path, plugins.registry)
+    assert (found["stages[1].optimizer.lr"].line, found["stages[1].optimizer.lr"].column) == (12, 3)
+    assert found["stages[1].augment.crop_padding"].line == 14
+    path.write_text('name = "t"\n[data]\nsource = = 1\n')
+    [problem] = problems(path, plugins.registry).values()
+    assert (problem.line, problem.column) == (3, 10) and problem.message.startswith("invalid TOML: ")
+    assert "(at line" not in problem.message
 
 
 def test_loading_never_executes_code(tmp_path, plugins):

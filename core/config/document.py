@@ -11,6 +11,7 @@ values, which validation, hashing or logging would then walk). Overrides from
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, Problem
+from .toml_lines import key_positions
 
 MAX_FILE_BYTES = 1 << 20
 """An experiment file larger than this (1 MiB) is refused: real ones are a few KiB."""
@@ -36,12 +38,18 @@ class Document:
     data: dict[str, Any]
     root: yaml.Node | None = None  # YAML node tree, for line numbers
     overridden: list[tuple[str | int, ...]] = field(default_factory=list)
+    positions: dict[tuple, tuple[int, int]] | None = None  # TOML: key path -> (line, column)
 
     def locate(self, path: Sequence[str | int]) -> tuple[str, int | None, int | None]:
         """The source and 1-based line/column of the deepest node on ``path``."""
         for over in self.overridden:
             if tuple(path[: len(over)]) == over:
                 return "--set", None, None
+        if self.positions is not None:
+            for depth in range(len(path), 0, -1):
+                if tuple(path[:depth]) in self.positions:
+                    return (self.source, *self.positions[tuple(path[:depth])])
+            return self.source, None, None
         node, mark = self.root, None
         for part in path:
             if isinstance(node, yaml.MappingNode):
@@ -80,8 +88,11 @@ def read_document(path: str | Path) -> Document:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([Problem(source, "", f"invalid TOML: {exc}")]) from None
-        doc = Document(source, data)
+            where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+            line, col = (int(where.group(1)), int(where.group(2))) if where else (None, None)
+            message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+            raise ConfigError([Problem(source, "", f"invalid TOML: {message}", line, col)]) from None
+        doc = Document(source, data, positions=key_positions(text))
     else:
         try:
             loader = yaml.SafeLoader(text)

@@ -114,6 +114,7 @@ def _problem(doc: Document, err: dict, registry: Registry, model: type[BaseModel
     in_stages = bool(loc) and loc[0] == "stages"
     if err["type"] == "union_tag_invalid" and in_stages:
         message = unknown_name_message("stage kind", err["ctx"]["tag"], registry.names("method"))
+        loc = (*loc, "kind")  # the wrong value is the kind's, not the stage's
     elif err["type"] == "union_tag_invalid":  # e.g. search.pruner.name
         tags = re.findall(r"'([^']*)'", err["ctx"]["expected_tags"])
         message = unknown_name_message(str(loc[-1]) if loc else "name", err["ctx"]["tag"], tags)
