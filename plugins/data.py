@@ -122,11 +122,7 @@ def _not_found_message(spec: _Spec, root: Path) -> str:
         f"(about {spec.size_hint}), or set params.root to where it is"
     )
     if spec.cls_name == "FashionMNIST":
-        msg += (
-            f", or `apt-get install dataset-fashion-mnist` (looked in "
-            f"{_fashion_mnist_system_dir()}; set {FASHION_MNIST_ENV} to use another directory "
-            "holding the four idx .gz files)"
-        )
+        msg += f" (looked in {_fashion_mnist_system_dir()} too){_debian_hint()}"
     return msg + "."
 
 
@@ -148,19 +144,37 @@ def _open_torchvision(spec: _Spec, root: Path, download: bool):
             raise
         if not download:
             raise DataNotFound(_not_found_message(spec, root)) from None
+    existed = {d for d in (*root.rglob("*"), root, *root.parents) if d.is_dir()}
     try:
         return load("train", True), load("test", True)
     except ImportError:  # SVHN needs scipy: not a download problem
         raise
     except Exception as e:  # network, HTTP, checksum, archive errors: all mean "no data"
+        _remove_empty_dirs(root, existed)
         cause = " ".join(str(e).split()) or type(e).__name__
         if len(cause) > 400:
             cause = cause[:400] + "..."
+        offline = _debian_hint() if spec.cls_name == "FashionMNIST" else ""
         raise DataNotFound(
             f"{spec.title} not found under {root} and downloading it failed: {cause}. "
             "Check the network connection (or proxy settings), or copy the dataset into "
-            "params.root by hand."
+            f"params.root by hand{offline}."
         ) from e
+
+
+def _remove_empty_dirs(root: Path, existed: set[Path]) -> None:
+    """Undo the folders a failed download made (torchvision makes root/<Name>/raw first), if empty."""
+    made = sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True)
+    for d in [*made, root, *root.parents]:  # deepest first
+        if d not in existed and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def _debian_hint() -> str:
+    return (f"; without a network, `apt-get install dataset-fashion-mnist` puts it in "
+            f"{FASHION_MNIST_SYSTEM_DIR}, or set {FASHION_MNIST_ENV} to a folder holding "
+            "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+            "t10k-labels-idx1-ubyte.gz")
 
 
 def _torchvision_source(name: str, root: str, download: bool) -> DataBundle:

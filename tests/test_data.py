@@ -84,6 +84,29 @@ def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
     assert "apt-get install dataset-fashion-mnist" in msg
 
 
+def test_a_failed_download_says_how_to_work_offline_and_leaves_no_folders(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    def offline(self):  # what torchvision does without a network: make the folders, then fail
+        Path(self.raw_folder).mkdir(parents=True, exist_ok=True)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvd.FashionMNIST, "download", offline)
+    empty = tmp_path / "debian"
+    empty.mkdir()
+    monkeypatch.setenv("MENTOR_FASHION_MNIST_DIR", str(empty))
+    root = tmp_path / "cache" / "data"
+    with pytest.raises(DataNotFound) as err:
+        data_plugin.fashion_mnist(root=str(root), download=True)
+    msg = str(err.value)
+    assert "downloading it failed: <urlopen error [Errno -3] Temporary failure in name resolution>" in msg
+    assert "`apt-get install dataset-fashion-mnist` puts it in /usr/share/datasets/fashion-mnist" in msg
+    assert "set MENTOR_FASHION_MNIST_DIR to a folder holding train-images-idx3-ubyte.gz" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["debian"]  # cache/data/FashionMNIST/raw undone
+
+
 def test_registered_sources_and_params():
     seen = {}
 
