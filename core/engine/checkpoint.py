@@ -39,11 +39,23 @@ def _write_atomic(path: str | Path, write) -> None:
     except (OSError, RuntimeError) as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if not _is_write_fault(exc):
+            raise
         raise StateWriteError(f"{path}: cannot write it: {_why(exc, path)}") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _is_write_fault(exc: BaseException) -> bool:
+    """An OSError, or torch's RuntimeError for a stream it could not write (a full disk); any other
+    RuntimeError (an object that cannot be pickled) is a bug and keeps its own type."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc)
+    marks = ("inline_container", "unexpected pos", "PytorchStreamWriter", "file write failed")
+    return any(mark in text for mark in marks)
 
 
 def _why(exc: BaseException, path: Path) -> str:
