@@ -191,7 +191,8 @@ class ExperimentRunner:
             print(f"resuming run {parent} in {self.tracker.uri}"
                   + (f" (done: {', '.join(done)})" if done else " (no stage finished yet)"), file=sys.stderr)
             return parent
-        parent = self.tracker.start_run(exp.name, tags, parent=self.parent_run_id)
+        parent = self.tracker.start_run(self.run_name(), {**self.source_tags(exp.description), **tags},
+                                        parent=self.parent_run_id)
         self.tracker.log_params(parent, self.config)
         self.tracker.log_text(parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
         return parent
@@ -276,6 +277,30 @@ class ExperimentRunner:
             if spec.has_weights and key not in checked:
                 StageContext(state, 0).build_model(key)
 
+    def run_name(self) -> str:
+        """What tells this run from the experiment's others in MLflow's runs table: its seed and its
+        ``--set`` overrides, or (without any) a short hash of its config."""
+        doc = getattr(self.experiment, "_document", None)
+        overrides = list(doc.overrides) if doc is not None else []
+        what = ", ".join(overrides) if overrides else self.hash[:7]
+        return f"{self.experiment.name} · seed {self.experiment.seed} · {what}"
+
+    def source_tags(self, note: str) -> dict[str, str]:
+        """User, source and commit as MLflow's own clients record them, and ``note`` as the run's
+        description (the MLflow UI shows ``mlflow.note.content`` on the run's page)."""
+        from mlflow.tracking.context.registry import resolve_tags
+
+        doc = getattr(self.experiment, "_document", None)
+        tags = resolve_tags({})
+        if doc is not None and Path(doc.source).is_file():
+            tags["mlflow.source.name"] = doc.source
+        commit = git_commit()
+        if commit != "unknown":
+            tags["mlflow.source.git.commit"] = commit
+        if note:
+            tags["mlflow.note.content"] = note
+        return tags
+
     def _stage_run(self, stage) -> str:
         for run in self.tracker.children(self.parent):
             if run.data.tags.get("mentor.stage") == stage.name:
@@ -287,7 +312,10 @@ class ExperimentRunner:
         model = (self.experiment.models[key].name or key) if key else ""
         tags = {"mentor.kind": "stage", "mentor.stage": stage.name, "mentor.method": stage.kind,
                 "mentor.model": model}
-        run_id = self.tracker.start_run(stage.name, tags, parent=self.parent)
+        method = self.plugins.registry.get("method", stage.kind)
+        note = f"stage {stage.name} ({stage.kind}: {method.description}) of {self.experiment.name}"
+        name = f"{stage.name} · {self.run_name().split(' · ', 1)[1]}"
+        run_id = self.tracker.start_run(name, {**self.source_tags(note), **tags}, parent=self.parent)
         self.tracker.log_params(run_id, {"stage": stage.model_dump(mode="json"),
                                          "data": self.config["data"], "seed": self.experiment.seed})
         return run_id

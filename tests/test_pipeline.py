@@ -101,6 +101,29 @@ class StopAt:
             raise KeyboardInterrupt
 
 
+def test_runs_can_be_told_apart_in_the_mlflow_ui(workdir, tiny_config, write_yaml):
+    """Run names carry the seed and the --set overrides (or a short config hash); the file's description
+    is the run's note; user, source and commit are recorded as MLflow's clients record them."""
+    tiny_config["description"] = "a tiny run to tell apart"
+    path = write_yaml(tiny_config)
+    plugins = load_plugins(extra=[SyntheticData()])
+    runner = ExperimentRunner(load_experiment(path, ["stages[1].epochs=1"], plugins.registry), plugins)
+    runner.run()
+    c = client(workdir)
+    [parent], stages = runs_by_stage(c, "tiny")
+    assert parent.info.run_name == "tiny · seed 0 · stages[1].epochs=1"
+    assert stages["student"].info.run_name == "student · seed 0 · stages[1].epochs=1"
+    tags = parent.data.tags
+    assert tags["mlflow.note.content"] == "a tiny run to tell apart"
+    assert tags["mlflow.source.name"] == str(path) and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"]
+    assert tags.get("mlflow.source.git.commit") == tags["mentor.git_commit"] or tags["mentor.git_commit"] == "unknown"
+    assert stages["student"].data.tags["mlflow.note.content"].startswith("stage student (distill: ")
+
+    plain = ExperimentRunner(load_experiment(path, registry=plugins.registry), plugins)
+    assert plain.run_name() == f"tiny · seed 0 · {plain.hash[:7]}"
+
+
 def test_resume_after_interruption_matches_an_uninterrupted_run(workdir, tiny_config, monkeypatch):
     plugins = load_plugins(extra=[SyntheticData()])
     tiny_config["stages"][1]["augment"] = {"crop_padding": 1, "flip": True}

@@ -38,6 +38,7 @@ class Document:
     data: dict[str, Any]
     root: yaml.Node | None = None  # YAML node tree, for line numbers
     overridden: list[tuple[str | int, ...]] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # the --set items as given, for run names
     positions: dict[tuple, tuple[int, int]] | None = None  # TOML: key path -> (line, column)
 
     def locate(self, path: Sequence[str | int]) -> tuple[str, int | None, int | None]:
@@ -175,6 +176,7 @@ def apply_overrides(doc: Document, overrides: Sequence[str]) -> None:
             problems.append(Problem("--set", key.strip(), str(exc)))
             continue
         doc.overridden.append(path)
+        doc.overrides.append(f"{key.strip()}={raw_value.strip()}")
     if problems:
         raise ConfigError(problems)
 
