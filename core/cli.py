@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config.errors import ConfigError
     from .data.types import DataNotFound
     from .engine.checkpoint import CheckpointError
+    from .engine.loop import TrainingDiverged
     from .pipeline import NothingToResume
     from .plugins import PluginError
     from .registry import PluginConflict, UnknownComponent
@@ -385,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _err(f"error: {exc}")
         return EXIT_USAGE
+    except TrainingDiverged as exc:  # the run is recorded FAILED; its last good checkpoint stays
+        _err(f"error: {exc}")
+        return 1
     except KeyboardInterrupt:
         _err("\ninterrupted")
         return EXIT_INTERRUPTED

@@ -49,7 +49,7 @@ class StageResult:
     stage: str
     kind: str
     model_key: str | None = None
-    weights: str | None = None  # path of the trained model's final state_dict
+    weights: str | None = None  # path of the kept state_dict (the best epoch's or the last, per `keep`)
     metrics: dict[str, float] = field(default_factory=dict)  # best/..., last/...
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -283,10 +283,16 @@ class StageContext:
         )
         weights = folder / "final.pt"
         model = getattr(task.model, "_orig_mod", task.model)
+        if cfg.keep == "best" and result.best_state is not None:  # the weights the best/* metrics measured
+            checkpoint.load_weights(model, result.best_state, f"best epoch of {self.stage.name}")
         summary = {f"best/{k}": result.best[k] for k in SUMMARY_KEYS if k in result.best}
         summary.update({f"last/{k}": result.last[k] for k in SUMMARY_KEYS if k in result.last})
+        kept = result.best if cfg.keep == "best" and result.best_state is not None else result.last
+        summary.update({f"kept/{k}": kept[k] for k in SUMMARY_KEYS if k in kept})
         if "epoch" in result.best:
             summary["best/epoch"] = step_offset + result.best["epoch"]
+        if "epoch" in kept:
+            summary["kept/epoch"] = step_offset + kept["epoch"]
         outcome = StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
         if distributed.is_main():
             checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)

@@ -66,6 +66,15 @@ def test_unknown_stage_kind_and_field_get_did_you_mean(write_yaml, tiny_config, 
     assert "did you mean 'epochs'" in found["stages[0].epoch"].message
 
 
+def test_a_misspelled_plugin_parameter_gets_did_you_mean(write_yaml, tiny_config, plugins):
+    tiny_config["stages"][1]["losses"][1]["params"] = {"temprature": 2}
+    tiny_config["models"]["student"]["params"] = {"channel": [4]}
+    found = problems(write_yaml(tiny_config), plugins.registry)
+    assert found["stages[1].losses[1].params.temprature"].message.startswith(
+        "unknown parameter 'temprature'; did you mean 'temperature'?")
+    assert "did you mean 'channels'" in found["models.student.params.channel"].message
+
+
 def test_references_must_point_backwards(write_yaml, tiny_config, plugins):
     tiny_config["stages"].reverse()
     found = problems(write_yaml(tiny_config), plugins.registry)

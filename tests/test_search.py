@@ -125,6 +125,9 @@ def test_search_paths_and_specs_are_checked_with_located_errors(plugins, tiny_co
     assert "log scale needs low > 0" in log
     [metric] = problems(metric="studnt/best/val/accuracy")
     assert "search.metric: unknown stage 'studnt'; did you mean 'student'?" in metric
+    [on_test] = problems(metric="student/best/test/accuracy")
+    assert "would choose hyperparameters by the test set" in on_test
+    assert "search on 'student/best/val/accuracy'" in on_test
     [pruner] = problems(pruner={"name": "medain"})
     assert "search.pruner: unknown pruner 'medain'; did you mean 'median'?" in pruner
     [grid] = problems(sampler={"name": "grid"})

@@ -108,9 +108,25 @@ def _clean_location(doc: Document, loc: Sequence[str | int]) -> list[str | int]:
     return clean
 
 
+def _plain(err: dict) -> str:
+    """pydantic's message without its "Value error, " prefix (a validator's own words stand alone)."""
+    message = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+def _params_message(err: dict, params: type[BaseModel]) -> str:
+    """A plugin's params error; an unknown key gets a did-you-mean from the params model's fields."""
+    if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+        return unknown_name_message("parameter", str(err["loc"][0]), list(params.model_fields))
+    return _plain(err)
+
+
 def _problem(doc: Document, err: dict, registry: Registry, model: type[BaseModel]) -> Problem:
     loc = _clean_location(doc, err["loc"])
-    message = err["msg"]
+    message = _plain(err)
     in_stages = bool(loc) and loc[0] == "stages"
     if err["type"] == "union_tag_invalid" and in_stages:
         message = unknown_name_message("stage kind", err["ctx"]["tag"], registry.names("method"))
@@ -255,7 +271,7 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
             spec.params = table[name].params.model_validate(spec.params).model_dump()
         except ValidationError as exc:
             for err in exc.errors():
-                report(path + ("params",) + tuple(err["loc"]), err["msg"])
+                report(path + ("params",) + tuple(err["loc"]), _params_message(err, table[name].params))
 
     for key, spec in experiment.models.items():
         if spec.checkpoint is not None:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
 from ..params import Params
 from .search import SearchConfig
@@ -206,6 +206,23 @@ class TrainingConfig(Params):
     eval_every: int = Field(
         default=1, ge=1, description="evaluate on val and test every n epochs (and always after the last)"
     )
+    keep: Literal["best", "last"] = Field(
+        default="best", description="which epoch's weights the stage keeps, logs, exports and hands to later "
+        "stages: the best by select_on, or the last")
+    max_nonfinite_steps: int = Field(
+        default=0, ge=0, description="steps with a NaN or infinite loss allowed per epoch before the stage "
+        "fails as diverged (their updates are applied as they are; 0: none allowed)")
+
+    @field_validator("select_on")
+    @classmethod
+    def _select_on_validation(cls, value: str) -> str:
+        split = value.split("/", 1)[0]
+        if split == "test":
+            raise ValueError(f"{value!r} would pick the epoch by the test set, which then no longer measures "
+                             "anything unseen: select on val/... (or train/...)")
+        if split not in ("val", "train") or "/" not in value:
+            raise ValueError(f"{value!r} is not an epoch metric: use val/accuracy, val/loss or train/<term>")
+        return value
 
 
 class TrainingStageConfig(StageConfig, TrainingConfig):

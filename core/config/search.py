@@ -194,14 +194,17 @@ def check(experiment, registry) -> list[tuple[tuple, str]]:
 def _metric_problems(search: SearchConfig, experiment) -> list[str]:
     stages = [s.name for s in experiment.stages]
     parts = search.metric.split("/", 2)
-    if len(parts) < 3 or parts[1] not in ("best", "last"):
+    if len(parts) < 3 or parts[1] not in ("best", "last", "kept"):
         return [f"expected '<stage>/best/<metric>' or '<stage>/last/<metric>', e.g. '{stages[-1]}/best/val/accuracy'"]
     from ..registry import unknown_name_message
 
     out = []
     if parts[0] not in stages:
         out.append(unknown_name_message("stage", parts[0], stages))
-    if parts[2] not in SUMMARY_METRICS:
+    if parts[2].startswith("test/"):
+        out.append(f"'{parts[2]}' would choose hyperparameters by the test set, which then no longer measures "
+                   f"anything unseen: search on '{parts[0]}/{parts[1]}/val/{parts[2].split('/', 1)[1]}'")
+    elif parts[2] not in SUMMARY_METRICS:
         out.append(unknown_name_message("summary metric", parts[2], list(SUMMARY_METRICS)))
     return out
 

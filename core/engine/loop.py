@@ -70,6 +70,11 @@ class TrainTask:
     averages_gradients: bool = False
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite on more steps of an epoch than the stage allows: the epoch's
+    weights are not saved (the last good checkpoint stays) and the stage's run ends FAILED."""
+
+
 class Reporter(Protocol):
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
@@ -79,6 +84,23 @@ class FitResult:
     history: list[dict[str, float]]
     best: dict[str, float]
     last: dict[str, float]
+    best_state: dict[str, torch.Tensor] | None = None  # the model's weights at the best epoch, on the CPU
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights on the CPU (what is kept of the best epoch)."""
+    model = getattr(model, "_orig_mod", model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def check_finite(nonfinite: torch.Tensor, steps: int, allowed: int, stage: str, epoch: int) -> None:
+    """Raise ``TrainingDiverged`` when more than ``allowed`` of the epoch's steps had a non-finite loss."""
+    bad = int(nonfinite.item())
+    if bad > allowed:
+        raise TrainingDiverged(
+            f"stage '{stage}' diverged: the loss was NaN or infinite on {bad} of {steps} steps of epoch "
+            f"{epoch + 1} (allowed: {allowed}, max_nonfinite_steps); nothing of this epoch was saved. "
+            "Lower the learning rate, add warm-up, or use a smaller loss weight")
 
 
 class StepModule(nn.Module):
@@ -224,7 +246,7 @@ def fit(
     step_fn = torch.compile(task.step) if runtime.compile and not task.manual else task.step
     step_fn = data_parallel(task, step_fn, runtime)
 
-    start, history, best = 0, [], {}
+    start, history, best, best_state = 0, [], {}, None
     distributed.barrier()  # no rank looks for the checkpoint once rank 0 may be writing this stage's
     if checkpoint_path.is_file():
         state = checkpoint.load(checkpoint_path)
@@ -237,6 +259,7 @@ def fit(
         for name, obj in task.state.items():
             obj.load_state_dict(state["state"][name])
         start, history, best = state["epoch"], state["history"], state["best"]
+        best_state = state.get("best_model")
 
     progress = Progress(runtime.progress if distributed.is_main() else "none", stage, cfg.epochs, len(train))
     try:
@@ -248,6 +271,7 @@ def fit(
             if task.on_epoch is not None:
                 task.on_epoch(epoch)
             sums: dict[str, torch.Tensor] = {}
+            nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: no sync per step
             batches, seen = 0, 0
             t0 = time.perf_counter()
             for x, y in train.epoch(epoch):
@@ -260,6 +284,7 @@ def fit(
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
+                nonfinite += (~torch.isfinite(loss.detach())).sum()
                 for key, value in {"loss": loss, **extra}.items():
                     value = value.detach().float()
                     sums[key] = sums[key] + value if key in sums else value
@@ -269,6 +294,9 @@ def fit(
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
+            if distributed.active():
+                nonfinite = distributed.all_reduce_sum(nonfinite)
+            check_finite(nonfinite, batches * world, cfg.max_nonfinite_steps, stage, epoch)
             if distributed.active():  # one all-reduce per epoch: means over every rank's steps
                 keys = sorted(sums)
                 totals = distributed.all_reduce_sum(torch.stack([*(sums[k].to(device) for k in keys),
@@ -289,6 +317,7 @@ def fit(
             history.append(metrics)
             if evaluated and is_better(metrics, best, cfg.select_on):
                 best = dict(metrics)
+                best_state = cpu_state(task.model) if cfg.keep == "best" else None
             if distributed.is_main():
                 checkpoint.save_atomic(
                     {
@@ -300,6 +329,7 @@ def fit(
                         "epoch": epoch + 1,
                         "history": history,
                         "best": best,
+                        "best_model": best_state,
                     },
                     checkpoint_path,
                 )
@@ -307,4 +337,4 @@ def fit(
             report(epoch, metrics)
     finally:
         progress.close()
-    return FitResult(history=history, best=best, last=history[-1] if history else {})
+    return FitResult(history=history, best=best, last=history[-1] if history else {}, best_state=best_state)
