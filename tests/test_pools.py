@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 import torch
 from PIL import Image
@@ -81,3 +82,89 @@ def test_data_unlabeled_is_validated_with_did_you_mean(write_yaml, tiny_config, 
     tiny_config["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": "x"}}
     exp = load_experiment(write_yaml(tiny_config), registry=plugins.registry)
     assert exp.data.unlabeled.params == {"path": "x"}
+
+
+def _pool_experiment(tiny_config, folder):
+    from .test_pseudo_label import ssl_config
+
+    config = ssl_config(tiny_config, finetune={"epochs": 1, "batch_size": 16})
+    config["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": str(folder)}}
+    return config
+
+
+def test_pseudo_label_on_a_pool_scores_selects_and_reuses(workdir, plugins, tiny_config, pool_folder, capfd):
+    from mentor.config import validate_document
+    from mentor.config.document import Document
+    from mentor.pipeline import run_experiment
+
+    from .conftest import synthetic_images
+
+    for i, image in enumerate(synthetic_images(40, 5).images):  # learnable images, nested two deep
+        sub = pool_folder / "syn" / str(i % 3)
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(sub / f"{i:03d}.png")
+    config = _pool_experiment(tiny_config, pool_folder)
+    results = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)
+    assert "pl" in results
+    [table_dir] = [p.parent for p in workdir.rglob("scores_round1/meta.json")]
+    import polars as pl
+
+    scores = pl.read_parquet(sorted(table_dir.glob("chunk-*.parquet")))
+    assert scores["index"].n_unique() == 45  # 46 files, the corrupt one skipped
+    skipped = pl.read_csv(table_dir / "skipped.csv")
+    assert skipped["path"].to_list() == [str(pool_folder / "broken.png")]
+
+
+
+class _Mean(torch.nn.Module):
+    """A fixed model: class 1 when an image is brighter than mid-grey, else class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(2))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        m = x.mean((1, 2, 3))
+        return torch.stack([-m, m], 1) * 10 + self.bias
+
+
+def _score(model, pool, folder, chunk_size=2):
+    from mentor.engine.runtime import Runtime
+    from mentor.pool_scores import score_pool
+
+    runtime = Runtime(torch.device("cpu"), None, False, False, "none", loader_workers=0)
+    return score_pool(model, pool, folder, channels=1, size=(8, 8), top_p=2, batch_size=2, mean=(0.5,),
+                      std=(0.5,), runtime=runtime, chunk_size=chunk_size)
+
+
+def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capfd):
+    pool = plugins.registry.get("unlabeled_source", "image_folder").build(path=str(pool_folder))
+    model = _Mean()
+    scores, skipped = _score(model, pool, tmp_path / "scores")
+    top1 = scores.filter(pl.col("rank") == 0).sort("index").collect()
+    # by hand: red.jpg (luma ~76), wide (200) are bright? 76 < 128 -> 0; 200 -> 1; greys 0, 40, 80 -> 0
+    assert top1["index"].to_list() == [0, 1, 2, 3, 4]
+    assert top1["class"].to_list() == [0, 1, 0, 0, 0]
+    assert skipped["path"].to_list() == [str(pool_folder / "broken.png")]
+    calls = model.calls
+    capfd.readouterr()
+    again, _ = _score(model, pool, tmp_path / "scores")
+    assert model.calls == calls and "reusing pseudo-label table" in capfd.readouterr().err
+    assert again.collect().equals(scores.collect())
+
+    class Interrupt(_Mean):
+        def forward(self, x):
+            if self.calls >= 1:
+                raise KeyboardInterrupt
+            return super().forward(x)
+
+    fresh = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _score(Interrupt(), pool, fresh)
+    assert [p.name for p in sorted(fresh.glob("chunk-*.parquet"))] == ["chunk-00000.parquet"]
+    resumed = _Mean()
+    table, _ = _score(resumed, pool, fresh)
+    assert resumed.calls == 2  # chunks 1 and 2 only (chunk 2 holds broken.png and g2.png)
+    assert table.sort("index", "rank").collect().equals(scores.sort("index", "rank").collect())
