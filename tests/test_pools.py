@@ -168,3 +168,23 @@ def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capf
     table, _ = _score(resumed, pool, fresh)
     assert resumed.calls == 2  # chunks 1 and 2 only (chunk 2 holds broken.png and g2.png)
     assert table.sort("index", "rank").collect().equals(scores.sort("index", "rank").collect())
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_cli_run_reports_a_missing_or_empty_pool_with_exit_2(workdir, tmp_path, kind):
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder = tmp_path / kind
+    if kind == "empty":
+        (folder / "sub").mkdir(parents=True)
+    config = {"name": "p", "data": {"source": "fashion_mnist", "params": {"download": False}, "labeled_per_class": 5,
+                                    "unlabeled": {"source": "image_folder", "params": {"path": str(folder)}}},
+              "models": {"m": {"name": "small_cnn"}}, "stages": [{"kind": "train", "model": "m", "epochs": 1}]}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = subprocess.run([sys.executable, "-m", "mentor.cli", "run", str(path)], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert str(folder) in out.stderr and "Traceback" not in out.stderr
