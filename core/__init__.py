@@ -25,6 +25,7 @@ from .config.schema import (
 from .context import RunState, StageContext, StageResult, StopRun
 from .data.augment import BatchAugment
 from .data.loader import Batches
+from .data.pool import IMAGE_EXTENSIONS, ImagePool, find_images
 from .data.splits import UnlabeledImages, derive_seed
 from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
 from .data.types import DataBundle, DataInfo, DataNotFound, ImageSet
@@ -69,6 +70,9 @@ __all__ = [
     "DataNotFound",
     "ImageSet",
     "UnlabeledImages",
+    "ImagePool",
+    "IMAGE_EXTENSIONS",
+    "find_images",
     "Batches",
     "BatchAugment",
     "StrongAugment",

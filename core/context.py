@@ -77,6 +77,7 @@ class RunState:
     tracker: Any  # mentor.tracking.Tracker, or a NullTracker
     run_dir: Path
     results: dict[str, StageResult] = field(default_factory=dict)
+    pool: Any = None  # the data.unlabeled ImagePool, built on first use
 
 
 def _cross_entropy_step(model: nn.Module, label_smoothing: float):
@@ -250,6 +251,32 @@ class StageContext:
 
         return score(model, data, top_p=top_p, batch_size=batch_size, mean=self.info.mean, std=self.info.std,
                      runtime=self.runtime)
+
+    def unlabeled_pool(self):
+        """The ``data.unlabeled`` pool (a ``mentor.ImagePool``), or None: the unlabeled split is then
+        ``splits.unlabeled``, the labeled source's remainder."""
+        spec = self.experiment.data.unlabeled
+        if spec is None:
+            return None
+        if self.state.pool is None:
+            self.state.pool = self.registry.get("unlabeled_source", spec.source).build(**spec.params)
+        return self.state.pool
+
+    def score_pool(self, model: nn.Module, pool, *, top_p: int, batch_size: int = 1024,
+                   name: str = "scores") -> pl.LazyFrame:
+        """Scores of ``pool`` streamed to ``<stage>/<name>/`` (reused or resumed, see mentor.pool_scores);
+        skipped files are logged as ``<name>/skipped.csv`` with a ``pool/skipped`` metric."""
+        from .pool_scores import score_pool
+
+        scores, skipped = score_pool(model, pool, self.dir / name, channels=self.info.in_channels,
+                                     size=self.info.image_size, top_p=top_p, batch_size=batch_size,
+                                     mean=self.info.mean, std=self.info.std, runtime=self.runtime,
+                                     chunk_size=self.pool_chunk_size)
+        self.log_table(skipped, f"{name}/skipped.csv")
+        self.log_metrics({"pool/skipped": float(len(skipped)), "pool/size": float(len(pool))})
+        return scores
+
+    pool_chunk_size = 50_000  # images per parquet chunk of a pool's scores
 
     # -- the loop -----------------------------------------------------------------
     def fit(self, task: TrainTask, model_key: str, cfg: TrainingConfig | None = None, *,

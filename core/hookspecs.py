@@ -67,6 +67,18 @@ def register_data_sources(register):
 
 
 @hookspec
+def register_unlabeled_sources(register):
+    """Register unlabeled image pools (``data.unlabeled: {source, params}``).
+
+    ``factory(**params) -> mentor.ImagePool``: image files on disk, decoded on
+    demand, so a pool may be larger than memory. Without ``data.unlabeled`` the
+    unlabeled split is the remainder of the labeled source. A source that finds
+    no files (a missing folder, an empty pool) raises ``mentor.DataNotFound``
+    naming the path.
+    """
+
+
+@hookspec
 def register_selection_strategies(register):
     """Register pseudo-label selection strategies.
 

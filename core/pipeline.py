@@ -99,7 +99,7 @@ class ExperimentRunner:
     def state(self) -> RunState:
         """What this run's stages read (``StageContext`` is built from it)."""
         return RunState(self.experiment, self.splits, self.runtime, self.plugins.registry, self.plugins.hook,
-                        self.tracker, self.run_dir, self.results)
+                        self.tracker, self.run_dir, self.results, pool=getattr(self, "pool", None))
 
     def load_data(self) -> Splits:
         data = self.experiment.data
@@ -115,6 +115,9 @@ class ExperimentRunner:
             if n is not None and n > len(splits.labeled):
                 raise located_error(self.experiment, ("stages", index, "train_subset"),
                                     f"{n} is more than the {len(splits.labeled)} labeled training images")
+        if data.unlabeled is not None:  # before anything trains: a missing folder is reported at once
+            self.pool = self.plugins.registry.get("unlabeled_source", data.unlabeled.source).build(
+                **data.unlabeled.params)
         return splits
 
     def _find_resumable(self, run_id: str | None, changed: bool = False) -> str:

@@ -26,6 +26,7 @@ _REGISTRATION_HOOKS = {
     "register_models": "model",
     "register_losses": "loss",
     "register_data_sources": "data_source",
+    "register_unlabeled_sources": "unlabeled_source",
     "register_selection_strategies": "selection",
     "register_methods": "method",
 }

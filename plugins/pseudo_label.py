@@ -102,6 +102,16 @@ def training_set(ctx: StageContext, stage: PseudoLabelStage, images, index, targ
     return data, targets
 
 
+def benchmark_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select, round_number: int):
+    """Score the labeled source's remainder in memory; diagnostics against its hidden labels."""
+    scores = ctx.score(teacher, ctx.splits.unlabeled, top_p=stage.top_p, batch_size=stage.score_batch_size)
+    selection = select(scores)
+    if len(selection) == 0:
+        raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
+    log_round(ctx, scores, selection, round_number)
+    return pseudo_labeled_set(ctx, scores, selection, stage.labels)
+
+
 def log_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame,
               round_number: int) -> dict[str, float]:
     """Pseudo-label diagnostics, the histogram of confidences, the table as parquet and dataset."""
@@ -117,8 +127,43 @@ def log_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame,
     return metrics
 
 
+def pool_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select, pool, round_number: int):
+    """Score a file pool (streamed, chunked), select, log label-free diagnostics, decode the selected files."""
+    scores = ctx.score_pool(teacher, pool, top_p=stage.top_p, batch_size=stage.score_batch_size,
+                            name=f"scores_round{round_number}").collect()  # selection takes a DataFrame
+    selection = select(scores)
+    if len(selection) == 0:
+        raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
+    log_pool_round(ctx, scores, selection, round_number)
+    index = torch.from_numpy(selection["index"].to_numpy()).long()
+    images = pool.images(index, ctx.info.in_channels, ctx.info.image_size)
+    if stage.labels == "soft":
+        targets = soft_targets(scores, index, ctx.info.num_classes)
+    else:
+        targets = F.one_hot(torch.from_numpy(selection["label"].to_numpy()).long(), ctx.info.num_classes).float()
+    return images, index, targets
+
+
+def log_pool_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame, round_number: int):
+    """What can be known without labels: counts, mean confidence, classes covered, the class histogram."""
+    per_class = (selection.group_by("label").agg(pl.len().alias("selected"), pl.col("prob").mean().alias("mean_prob"))
+                 .sort("label"))
+    metrics = {"pseudo/selected_rows": float(len(selection)),
+               "pseudo/selected_images": float(selection["index"].n_unique()),
+               "pseudo/mean_confidence": float(selection["prob"].mean()),
+               "pseudo/classes_covered": float(len(per_class))}
+    metrics.update({f"pseudo/class_{int(r['label'])}/selected": float(r["selected"]) for r in per_class.to_dicts()})
+    ctx.log_metrics(metrics, step=round_number)
+    confidence = scores.filter(pl.col("rank") == 0)["prob"].to_numpy()
+    ctx.log_figure(ctx.confidence_histogram(confidence, selection["prob"].to_numpy()),
+                   "pseudo_labels/confidence.png")
+    ctx.log_table(selection, "pseudo_labels/selected.parquet")
+    ctx.log_table(per_class, "pseudo_labels/per_class.csv")
+
+
 def run_pseudo_label(stage: PseudoLabelStage, ctx: StageContext) -> StageResult:
-    if len(ctx.splits.unlabeled) == 0:
+    pool = ctx.unlabeled_pool()
+    if pool is None and len(ctx.splits.unlabeled) == 0:
         raise ValueError(f"stage '{stage.name}': the unlabeled split is empty; set data.labeled_per_class")
     teacher = ctx.teacher(stage.teacher)
     select = ctx.build_selection(stage.selection)
@@ -126,12 +171,10 @@ def run_pseudo_label(stage: PseudoLabelStage, ctx: StageContext) -> StageResult:
     for round_number in range(1, stage.rounds + 1):
         with ctx.nested(f"round{round_number}", {"mentor.round": str(round_number)}):
             teacher.to(ctx.device)
-            scores = ctx.score(teacher, ctx.splits.unlabeled, top_p=stage.top_p, batch_size=stage.score_batch_size)
-            selection = select(scores)
-            if len(selection) == 0:
-                raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
-            log_round(ctx, scores, selection, round_number)
-            images, index, targets = pseudo_labeled_set(ctx, scores, selection, stage.labels)
+            if pool is not None:
+                images, index, targets = pool_round(ctx, stage, teacher, select, pool, round_number)
+            else:
+                images, index, targets = benchmark_round(ctx, stage, teacher, select, round_number)
             data, targets = training_set(ctx, stage, images, index, targets)
             student = ctx.build_model(stage.student, init=stage.init)
             targets = targets.to(ctx.device)

@@ -14,10 +14,11 @@ from .schema import (
     StageConfig,
     StageName,
     TrainingStageConfig,
+    UnlabeledSpec,
 )
 
 __all__ = [
     "AugmentConfig", "ConfigError", "DataConfig", "LossSpec", "ModelKey", "ModelSpec",
-    "OptimizerConfig", "Problem", "ScheduleConfig", "SelectionSpec", "StageConfig", "StageName",
+    "OptimizerConfig", "Problem", "ScheduleConfig", "SelectionSpec", "UnlabeledSpec", "StageConfig", "StageName",
     "TrainingStageConfig", "load_experiment", "validate_document",
 ]

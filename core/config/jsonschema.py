@@ -12,9 +12,9 @@ import copy
 
 from ..registry import Registry
 from .loader import experiment_model
-from .schema import ComponentSpec, DataConfig, LossSpec, ModelSpec, SelectionSpec
+from .schema import ComponentSpec, DataConfig, LossSpec, ModelSpec, SelectionSpec, UnlabeledSpec
 
-SPECS: list[type[ComponentSpec]] = [ModelSpec, LossSpec, SelectionSpec, DataConfig]
+SPECS: list[type[ComponentSpec]] = [ModelSpec, LossSpec, SelectionSpec, DataConfig, UnlabeledSpec]
 
 
 def experiment_schema(registry: Registry) -> dict:

@@ -138,6 +138,15 @@ class AugmentConfig(Params):
     randaugment: RandAugmentConfig | None = Field(default=None, description="strong augmentation (noise)")
 
 
+class UnlabeledSpec(ComponentSpec):
+    """An unlabeled pool from its own source (files on disk), instead of the labeled source's remainder."""
+
+    kind: ClassVar[str] = "unlabeled_source"
+    name_field: ClassVar[str] = "source"
+
+    source: str = Field(description="a registered unlabeled source (see `mentor plugins`)")
+
+
 class DataConfig(ComponentSpec):
     kind: ClassVar[str] = "data_source"
     name_field: ClassVar[str] = "source"
@@ -150,6 +159,8 @@ class DataConfig(ComponentSpec):
     test_size: int | None = Field(default=None, ge=1, description="evaluate on a test subset")
     split_seed: int = Field(default=0, ge=0, lt=2**63, description="seed of the val/labeled/unlabeled split")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    unlabeled: UnlabeledSpec | None = Field(
+        default=None, description="pseudo_label scores this pool of files; absent: the labeled source's remainder")
 
 
 # --- training ------------------------------------------------------------------------

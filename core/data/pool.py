@@ -1,0 +1,135 @@
+"""Unlabeled images as files on disk, decoded on demand so a pool may outgrow memory.
+
+Decoding rules (one place, so every pool source agrees):
+
+* channels: a colour image becomes grayscale by the ITU-R 601 luma weights
+  (0.299 R + 0.587 G + 0.114 B); a grayscale image becomes RGB by repeating its
+  channel; an alpha channel is dropped.
+* size: the shorter side is resized (bilinear, antialiased) so the image covers
+  the target height x width, then the centre is cropped: the aspect ratio is
+  kept and nothing is stretched.
+* uint8 ``[C, H, W]``, like ``ImageSet`` images.
+
+A file that cannot be decoded is skipped, never fatal: batches carry its path
+and error, and ``ImagePool.batches`` callers collect them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _read(path: str) -> torch.Tensor:
+    """uint8 [C, H, W] from torchvision.io, or from Pillow for formats it cannot decode."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        image = decode_image(read_file(path), mode=ImageReadMode.UNCHANGED)
+    except Exception:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.seek(0)
+            gray = im.mode in ("1", "L", "I", "I;16", "F")
+            im = im.convert("L" if gray else ("RGBA" if "A" in im.getbands() else "RGB"))
+            array = np.asarray(im, dtype=np.uint8)
+        image = torch.from_numpy(array.copy())
+        image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)
+    if image.ndim == 4:  # an animated GIF: its first frame
+        image = image[0]
+    return image
+
+
+def convert(image: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """``image`` (uint8 [C, H, W]) in ``channels`` and ``size`` by the module's rules."""
+    if image.shape[0] in (2, 4):  # drop alpha
+        image = image[:-1]
+    if channels == 1 and image.shape[0] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        image = (image.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    elif channels == 3 and image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    if image.shape[0] != channels:
+        raise ValueError(f"cannot convert {image.shape[0]} channels to {channels}")
+    height, width = size
+    h, w = image.shape[1:]
+    if (h, w) != (height, width):
+        scale = max(height / h, width / w)
+        new = (max(height, round(h * scale)), max(width, round(w * scale)))
+        x = F.interpolate(image[None].float(), size=new, mode="bilinear", antialias=True, align_corners=False)[0]
+        top, left = (new[0] - height) // 2, (new[1] - width) // 2
+        image = x[:, top:top + height, left:left + width].round().clamp(0, 255).to(torch.uint8)
+    return image.contiguous()
+
+
+@dataclass
+class _Files(torch.utils.data.Dataset):
+    paths: list[str]
+    channels: int
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        try:
+            return convert(_read(self.paths[row]), self.channels, self.size), row, ""
+        except Exception as exc:
+            return None, row, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(items):
+    good = [(image, row) for image, row, _ in items if image is not None]
+    bad = [(row, error) for image, row, error in items if image is None]
+    images = torch.stack([image for image, _ in good]) if good else None
+    rows = torch.tensor([row for _, row in good], dtype=torch.long)
+    return images, rows, bad
+
+
+@dataclass
+class ImagePool:
+    """Unlabeled image files; ``index`` (int64) is each file's row number, stable for a sorted list.
+
+    Nothing is decoded until asked: ``batches`` streams uint8 images through a
+    DataLoader, ``images(rows)`` decodes just those rows.
+    """
+
+    paths: list[str]
+    index: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        self.paths = [str(p) for p in self.paths]
+        if self.index is None:
+            self.index = torch.arange(len(self.paths), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batches(self, channels: int, size: tuple[int, int], batch_size: int, workers: int = 0,
+                start: int = 0, stop: int | None = None) -> Iterator[tuple[torch.Tensor | None, torch.Tensor,
+                                                                          list[tuple[str, str]]]]:
+        """(images uint8 [B, C, H, W] or None, index [B], [(path, error)] skipped) for rows start:stop."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        subset = torch.utils.data.Subset(_Files(self.paths, channels, tuple(size)), range(start, stop))
+        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                             collate_fn=_collate)
+        for images, rows, bad in loader:
+            yield images, self.index[rows], [(self.paths[r], e) for r, e in bad]
+
+    def images(self, index: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
+        """The images of the rows holding ``index`` (uint8 [M, C, H, W]); an undecodable one is an error here."""
+        lookup = {int(i): r for r, i in enumerate(self.index.tolist())}
+        return torch.stack([convert(_read(self.paths[lookup[int(i)]]), channels, size) for i in index.tolist()])
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` at any depth, sorted for a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())

@@ -1,0 +1,190 @@
+"""Unlabeled pools from files: decoding rules, skipped files, sources and their errors."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+from PIL import Image
+
+from mentor import DataNotFound, ImagePool
+from mentor.config import ConfigError, load_experiment
+
+
+@pytest.fixture
+def pool_folder(tmp_path):
+    """Nested PNG/JPEG files: grayscale 8x8, one RGB, one of another size, one corrupt, one non-image."""
+    root = tmp_path / "pool"
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(3):
+        Image.new("L", (8, 8), color=40 * i).save(root / "a" / f"g{i}.png")
+    Image.new("RGB", (8, 8), color=(255, 0, 0)).save(root / "a" / "b" / "red.jpg")
+    Image.new("L", (16, 8), color=200).save(root / "a" / "b" / "wide.png")
+    (root / "broken.png").write_bytes(b"not a png at all")
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+def test_image_folder_finds_nested_files_sorted(plugins, pool_folder):
+    pool = plugins.registry.get("unlabeled_source", "image_folder").build(path=str(pool_folder))
+    names = [p.split("pool/")[1] for p in pool.paths]
+    assert names == ["a/b/red.jpg", "a/b/wide.png", "a/g0.png", "a/g1.png", "a/g2.png", "broken.png"]
+    assert pool.index.tolist() == list(range(6))
+
+
+def test_batches_decode_convert_and_skip_corrupt_files(plugins, pool_folder):
+    pool = plugins.registry.get("unlabeled_source", "image_folder").build(path=str(pool_folder))
+    images, index, skipped = [], [], []
+    for x, i, bad in pool.batches(channels=1, size=(8, 8), batch_size=4):
+        if x is not None:
+            images.append(x)
+        index.append(i)
+        skipped += bad
+    images, index = torch.cat(images), torch.cat(index)
+    assert images.dtype == torch.uint8 and images.shape == (5, 1, 8, 8)
+    assert index.tolist() == [0, 1, 2, 3, 4]
+    assert len(skipped) == 1 and skipped[0][0].endswith("broken.png") and skipped[0][1]
+    red = round(0.299 * 255)  # the ITU-R 601 luma of pure red (JPEG shifts it a little)
+    assert abs(int(images[0].float().mean()) - red) <= 3
+    assert (images[1] == 200).all()  # 16x8 resized by its shorter side, centre-cropped
+    rgb = pool.images(torch.tensor([2]), channels=3, size=(4, 4))
+    assert rgb.shape == (1, 3, 4, 4) and (rgb == 0).all()
+
+
+def test_path_list_resolves_relative_paths(plugins, pool_folder):
+    import polars as pl
+
+    table = pool_folder / "list.csv"
+    pl.DataFrame({"path": ["a/g1.png", str(pool_folder / "a" / "g2.png")]}).write_csv(table)
+    pool = plugins.registry.get("unlabeled_source", "path_list").build(path=str(table))
+    assert pool.paths == [str(pool_folder / "a" / "g1.png"), str(pool_folder / "a" / "g2.png")]
+    assert isinstance(pool, ImagePool)
+
+
+def test_missing_and_empty_sources_name_the_path(plugins, tmp_path):
+    folder = plugins.registry.get("unlabeled_source", "image_folder")
+    with pytest.raises(DataNotFound, match=str(tmp_path / "nowhere")):
+        folder.build(path=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFound, match="holds no images"):
+        folder.build(path=str(tmp_path / "empty"))
+    with pytest.raises(DataNotFound, match="list.csv"):
+        plugins.registry.get("unlabeled_source", "path_list").build(path=str(tmp_path / "list.csv"))
+
+
+def test_data_unlabeled_is_validated_with_did_you_mean(write_yaml, tiny_config, plugins):
+    tiny_config["data"]["unlabeled"] = {"source": "image_foldr", "params": {"path": "x"}}
+    with pytest.raises(ConfigError) as err:
+        load_experiment(write_yaml(tiny_config), registry=plugins.registry)
+    found = {p.path: p for p in err.value.problems}
+    assert "did you mean 'image_folder'" in found["data.unlabeled.source"].message
+    assert found["data.unlabeled.source"].line is not None
+    tiny_config["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": "x"}}
+    exp = load_experiment(write_yaml(tiny_config), registry=plugins.registry)
+    assert exp.data.unlabeled.params == {"path": "x"}
+
+
+def _pool_experiment(tiny_config, folder):
+    from .test_pseudo_label import ssl_config
+
+    config = ssl_config(tiny_config, finetune={"epochs": 1, "batch_size": 16})
+    config["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": str(folder)}}
+    return config
+
+
+def test_pseudo_label_on_a_pool_scores_selects_and_reuses(workdir, plugins, tiny_config, pool_folder, capfd):
+    from mentor.config import validate_document
+    from mentor.config.document import Document
+    from mentor.pipeline import run_experiment
+
+    from .conftest import synthetic_images
+
+    for i, image in enumerate(synthetic_images(40, 5).images):  # learnable images, nested two deep
+        sub = pool_folder / "syn" / str(i % 3)
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(sub / f"{i:03d}.png")
+    config = _pool_experiment(tiny_config, pool_folder)
+    results = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)
+    assert "pl" in results
+    [table_dir] = [p.parent for p in workdir.rglob("scores_round1/meta.json")]
+    import polars as pl
+
+    scores = pl.read_parquet(sorted(table_dir.glob("chunk-*.parquet")))
+    assert scores["index"].n_unique() == 45  # 46 files, the corrupt one skipped
+    skipped = pl.read_csv(table_dir / "skipped.csv")
+    assert skipped["path"].to_list() == [str(pool_folder / "broken.png")]
+
+
+
+class _Mean(torch.nn.Module):
+    """A fixed model: class 1 when an image is brighter than mid-grey, else class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(2))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        m = x.mean((1, 2, 3))
+        return torch.stack([-m, m], 1) * 10 + self.bias
+
+
+def _score(model, pool, folder, chunk_size=2):
+    from mentor.engine.runtime import Runtime
+    from mentor.pool_scores import score_pool
+
+    runtime = Runtime(torch.device("cpu"), None, False, False, "none", loader_workers=0)
+    return score_pool(model, pool, folder, channels=1, size=(8, 8), top_p=2, batch_size=2, mean=(0.5,),
+                      std=(0.5,), runtime=runtime, chunk_size=chunk_size)
+
+
+def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capfd):
+    pool = plugins.registry.get("unlabeled_source", "image_folder").build(path=str(pool_folder))
+    model = _Mean()
+    scores, skipped = _score(model, pool, tmp_path / "scores")
+    top1 = scores.filter(pl.col("rank") == 0).sort("index").collect()
+    # by hand: red.jpg (luma ~76), wide (200) are bright? 76 < 128 -> 0; 200 -> 1; greys 0, 40, 80 -> 0
+    assert top1["index"].to_list() == [0, 1, 2, 3, 4]
+    assert top1["class"].to_list() == [0, 1, 0, 0, 0]
+    assert skipped["path"].to_list() == [str(pool_folder / "broken.png")]
+    calls = model.calls
+    capfd.readouterr()
+    again, _ = _score(model, pool, tmp_path / "scores")
+    assert model.calls == calls and "reusing pseudo-label table" in capfd.readouterr().err
+    assert again.collect().equals(scores.collect())
+
+    class Interrupt(_Mean):
+        def forward(self, x):
+            if self.calls >= 1:
+                raise KeyboardInterrupt
+            return super().forward(x)
+
+    fresh = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        _score(Interrupt(), pool, fresh)
+    assert [p.name for p in sorted(fresh.glob("chunk-*.parquet"))] == ["chunk-00000.parquet"]
+    resumed = _Mean()
+    table, _ = _score(resumed, pool, fresh)
+    assert resumed.calls == 2  # chunks 1 and 2 only (chunk 2 holds broken.png and g2.png)
+    assert table.sort("index", "rank").collect().equals(scores.sort("index", "rank").collect())
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_cli_run_reports_a_missing_or_empty_pool_with_exit_2(workdir, tmp_path, kind):
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder = tmp_path / kind
+    if kind == "empty":
+        (folder / "sub").mkdir(parents=True)
+    config = {"name": "p", "data": {"source": "fashion_mnist", "params": {"download": False}, "labeled_per_class": 5,
+                                    "unlabeled": {"source": "image_folder", "params": {"path": str(folder)}}},
+              "models": {"m": {"name": "small_cnn"}}, "stages": [{"kind": "train", "model": "m", "epochs": 1}]}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = subprocess.run([sys.executable, "-m", "mentor.cli", "run", str(path)], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert str(folder) in out.stderr and "Traceback" not in out.stderr
