@@ -47,3 +47,9 @@ def test_import_linter_contracts_pass():
     assert exe, "import-linter is a dev dependency (pip install -e '.[dev]')"
     out = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_every_public_name_is_documented_in_the_authors_guide():
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    undocumented = [name for name in mentor.__all__ if f"`{name}`" not in guide and f"`{name}(" not in guide]
+    assert undocumented == []
