@@ -6,7 +6,7 @@
 The tests' synthetic data source is registered in-process (no entry point
 needed); ``--stop`` interrupts the run like Ctrl-C after that epoch. Each rank
 writes ``OUT/rank<r>.pt``: the rows its training batches held, and per fit
-its history and final weights as they are in this rank's memory.
+its history and kept weights (the best epoch's) as they are in this rank's memory.
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def main(argv: list[str]) -> int:
 
     def recording_fit(task, cfg, *, stage, **kwargs):
         result = fit(task, cfg, stage=stage, **kwargs)
+        kept = result.best_state if result.best_state is not None else task.model.state_dict()  # keep: best
         record["fits"][stage] = {"history": result.history,
-                                 "weights": {k: v.detach().cpu().clone() for k, v in task.model.state_dict().items()}}
+                                 "weights": {k: v.detach().cpu().clone() for k, v in kept.items()}}
         return result
 
     mentor.context.fit = recording_fit
