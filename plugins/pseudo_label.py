@@ -112,15 +112,20 @@ def benchmark_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select,
     return pseudo_labeled_set(ctx, scores, selection, stage.labels)
 
 
+def log_selection(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame) -> None:
+    """The confidence histogram (all scored images vs the selected) and the selected table, for either source."""
+    confidence = scores.filter(pl.col("rank") == 0)["prob"].to_numpy()
+    ctx.log_figure(ctx.confidence_histogram(confidence, selection["prob"].to_numpy()),
+                   "pseudo_labels/confidence.png")
+    ctx.log_table(selection, "pseudo_labels/selected.parquet")
+
+
 def log_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame,
               round_number: int) -> dict[str, float]:
     """Pseudo-label diagnostics, the histogram of confidences, the table as parquet and dataset."""
     metrics, per_class = ctx.pseudo_label_diagnostics(scores, selection)
     ctx.log_metrics(metrics, step=round_number)
-    confidence = scores.filter(pl.col("rank") == 0)["prob"].to_numpy()
-    ctx.log_figure(ctx.confidence_histogram(confidence, selection["prob"].to_numpy()),
-                   "pseudo_labels/confidence.png")
-    ctx.log_table(selection, "pseudo_labels/selected.parquet")
+    log_selection(ctx, scores, selection)
     ctx.log_table(per_class, "pseudo_labels/per_class.parquet")
     ctx.log_table(per_class, "pseudo_labels/per_class.csv")
     ctx.log_dataset(selection, f"{ctx.stage.name}-pseudo-labels-round{round_number}", "pseudo_labels")
@@ -154,10 +159,7 @@ def log_pool_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFr
                "pseudo/classes_covered": float(len(per_class))}
     metrics.update({f"pseudo/class_{int(r['label'])}/selected": float(r["selected"]) for r in per_class.to_dicts()})
     ctx.log_metrics(metrics, step=round_number)
-    confidence = scores.filter(pl.col("rank") == 0)["prob"].to_numpy()
-    ctx.log_figure(ctx.confidence_histogram(confidence, selection["prob"].to_numpy()),
-                   "pseudo_labels/confidence.png")
-    ctx.log_table(selection, "pseudo_labels/selected.parquet")
+    log_selection(ctx, scores, selection)
     ctx.log_table(per_class, "pseudo_labels/per_class.csv")
 
 
