@@ -1,4 +1,4 @@
-"""The ``mentor`` command: run, sweep, bench, validate, schema, plugins, compare, ui.
+"""The ``mentor`` command: run, sweep, bench, validate, schema, plugins, compare, export, ui.
 
 User mistakes (a bad file, an unknown plugin, a missing dataset, a corrupt
 checkpoint) end with a located one-line message and exit code 2, never a
@@ -40,14 +40,14 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from .engine.distributed import is_main
-    from .pipeline import run_experiment
+    from .pipeline import ExperimentRunner
 
     experiment, plugins = _load(args.file, args.set)
     resume = args.resume is not None
     run_id = args.resume if args.resume not in (None, "latest") else None
+    runner = ExperimentRunner(experiment, plugins)
     try:
-        results = run_experiment(experiment, plugins, resume=resume, resume_run_id=run_id,
-                                 resume_changed=args.resume_changed)
+        results = runner.run(resume=resume, resume_run_id=run_id, resume_changed=args.resume_changed)
     except KeyboardInterrupt:
         if is_main():  # under torchrun, rank 0 speaks for all
             _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume")
@@ -59,7 +59,31 @@ def cmd_run(args) -> int:
         last = result.metrics.get("last/test/accuracy")
         if best is not None:
             print(f"{name:>20}: test accuracy {last:.4f} (last), {best:.4f} (at best val epoch)")
+    if getattr(runner, "report", None) is not None:
+        from .deploy.measure import machine
+        from .deploy.report import terminal
+
+        print(f"\ncompression report, measured on {machine()} (report/compression.md of the run):")
+        print(terminal(runner.report))
+    if getattr(runner, "registered", None):
+        print(f"registered: {runner.registered} (a teacher elsewhere with `uri: {runner.registered}`)")
     print(f"compare runs with: mentor compare {experiment.tracking.experiment or experiment.name}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export_command import export_run
+    from .plugins import default_plugins
+
+    stage, record = export_run(args.run_id, default_plugins(), stage=args.stage, int8=True if args.int8 else None,
+                               tracking_uri=args.tracking_uri)
+    check = record["check"]
+    print(f"{stage}: {record['onnx']} (ONNX Runtime vs PyTorch on {int(check['images'])} test images: max abs "
+          f"difference {check['max_abs_diff']:.2g}, top-1 agreement {check['top1_agreement']:.4f}; test accuracy "
+          f"{record['onnx_test_accuracy']:.4f})")
+    if record.get("int8"):
+        print(f"{stage}: {record['int8']} (int8, test accuracy {record['int8_test_accuracy']:.4f}: "
+              f"{record['int8_status']})")
     return 0
 
 
@@ -204,10 +228,19 @@ def _layers(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .tracking.compare import compare, render
+    from .tracking.compare import compare, compression_reports, render
     from .tracking.store import tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
+    if args.report == "compression":
+        try:
+            for heading, table in compression_reports(args.experiment, tracking_uri=uri):
+                print(heading)
+                print(render(table, args.format) if args.format != "table" else _report_view(table))
+        except ValueError as exc:
+            _err(f"error: {exc}")
+            return EXIT_USAGE
+        return 0
     try:
         df = compare(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level,
                      study=args.study)
@@ -219,6 +252,12 @@ def cmd_compare(args) -> int:
         df = df.with_columns(df["run_id"].str.slice(0, 8)) if "run_id" in df.columns else df
     print(render(df, args.format))
     return 0
+
+
+def _report_view(table) -> str:
+    from .deploy.report import terminal
+
+    return terminal(table) + "\n"
 
 
 def cmd_bench(args) -> int:
@@ -327,8 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage runs, whole runs, or sweep trials (ranked by their objective)")
     p.add_argument("--study", default=None, help="--level trial: only this study's trials")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--report", choices=["compression"], default=None,
+                   help="compression: the latest run's compression report (size, FLOPs, latency, accuracy vs teacher)")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="export a finished run's stage to ONNX (and int8), checked by ONNX Runtime")
+    p.add_argument("run_id", help="an experiment's run id (its last stage with a model) or a stage's run id")
+    p.add_argument("--stage", default=None, help="the stage to export (default: the run's, or the last with a model)")
+    p.add_argument("--int8", action="store_true", help="also an int8 model (ONNX Runtime static quantization)")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="time each stage's training step: images/s, breakdown, memory, FLOPs, MFU")
     with_file(p)
@@ -364,8 +412,11 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     from .config.errors import ConfigError
     from .data.types import DataNotFound
+    from .deploy.mlflow_models import RegistryConflict
+    from .deploy.onnx_export import ExportError
     from .engine.checkpoint import CheckpointError
     from .engine.loop import TrainingDiverged
+    from .export_command import ExportRunError
     from .pipeline import NothingToResume
     from .plugins import PluginError
     from .registry import PluginConflict, UnknownComponent
@@ -381,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USAGE
     except (PluginError, PluginConflict, UnknownComponent, DataNotFound, CheckpointError,
-            NothingToResume, TrackingUnreachable) as exc:
+            NothingToResume, TrackingUnreachable, ExportError, ExportRunError, RegistryConflict) as exc:
         if debug:
             raise
         _err(f"error: {exc}")

@@ -171,7 +171,7 @@ class StageContext:
         classifier head) and an output width other than the data's class count
         are errors located at the stage's ``field``.
         """
-        if ref in self.results and self.results[ref].model_key is not None:
+        if ref in self.results and self.results[ref].weights is not None:
             model = self.trained_model(ref)
         else:
             model = self.build_model(ref)
@@ -339,8 +339,10 @@ class StageContext:
         self.tracker.log_file(self.run_id, weights, f"{prefix}checkpoints")
         if export and self.experiment.tracking.log_model:
             example = self.example(self.splits.test).float().numpy() if len(self.splits.test) else None
+            from .deploy.preprocess import KEY, Preprocess
+
             self.tracker.log_model(self.run_id, model.float().cpu().eval(), f"{self.stage.name}-{model_key}",
-                                   example)
+                                   example, metadata={KEY: Preprocess.from_info(self.info).to_dict()})
             model.to(self.device)
 
     def evaluate(self, model: nn.Module, batch_size: int = 1024) -> dict[str, float]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from . import shipping
 from .config.errors import located_error
 from .config.loader import references, teacher_model_key, trained_model_key
 from .context import RunState, StageContext, StageResult, StopRun
@@ -217,6 +218,7 @@ class ExperimentRunner:
             state = self.state()
             hook.on_experiment_start(experiment=exp, run_id=self.parent)
             self._check_weights(state)
+            shipping.check_register(state)
             for index, stage in enumerate(exp.stages):
                 ctx = StageContext(state, index)
                 done = ctx.dir / "result.json"
@@ -228,14 +230,17 @@ class ExperimentRunner:
                 hook.on_stage_start(stage=stage, ctx=ctx)
                 method = self.plugins.registry.get("method", stage.kind)
                 result = method.factory(stage, ctx)
+                self.results[stage.name] = result
+                if stage.export is not None and result.model_key is not None:
+                    shipping.export_stage(ctx, result)
                 if distributed.is_main():
                     result.save(done)
-                self.results[stage.name] = result
                 self.tracker.log_metrics(self.parent, {f"{stage.name}/{k}": v for k, v in result.metrics.items()})
                 hook.on_stage_end(stage=stage, ctx=ctx, result=result)
                 self.tracker.flush()
                 self.tracker.end_run(stage_run, "FINISHED")
                 stage_run = None
+            self.ship(state)
             status = "FINISHED"
         except (KeyboardInterrupt, StopRun):
             status = "KILLED"
@@ -248,6 +253,16 @@ class ExperimentRunner:
                 self.tracker.end_run(self.parent, status)
             hook.on_experiment_end(experiment=exp, run_id=self.parent, results=self.results, status=status)
         return self.results
+
+    def ship(self, state: RunState) -> None:
+        """The run's compression report (``report:``) and its registered student (``tracking.register``)."""
+        self.report = shipping.compression_report(state, self.parent)
+        self.registered = None
+        if self.experiment.tracking.register is not None and distributed.is_main():
+            stage = shipping.register_stage(self.experiment)
+            stage_run = next(r.info.run_id for r in self.tracker.children(self.parent)
+                             if r.data.tags.get("mentor.stage") == stage)
+            self.registered = shipping.register_student(state, self.parent, stage_run)
 
     def _check_checkpoint_dir(self) -> None:
         """``tracking.checkpoint_dir`` can hold this experiment's resume state: a located error if not."""

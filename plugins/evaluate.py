@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from mentor import StageConfig, StageContext, StageResult, TeacherRef, hookimpl
+from mentor import StageConfig, StageContext, StageResult, TeacherRef, hookimpl, teacher_model_key
 
 SUMMARY_KEYS = ("val/accuracy", "val/loss", "test/accuracy", "test/loss")
 
@@ -41,7 +41,10 @@ def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
     ctx.log_metrics({**metrics, **model_size(model)}, step=0)
     ctx.log_metrics(summary, step=0)
     ctx.log_confusion_matrix(model)
-    return StageResult(stage.name, stage.kind, metrics={**summary, **model_size(model)})
+    earlier = ctx.results.get(stage.model)
+    weights = earlier.weights if earlier is not None else None  # an earlier stage's, or the entry's own
+    return StageResult(stage.name, stage.kind, model_key=teacher_model_key(ctx.experiment, stage.model),
+                       weights=weights, metrics={**summary, **model_size(model)})
 
 
 @hookimpl

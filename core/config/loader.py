@@ -308,6 +308,9 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
                 report(("stages", i, field), message)
             for path, message in stage.check(experiment, registry):
                 report(("stages", i, *path), message)
+    if not problems:
+        for path, message in _shipping_problems(experiment):
+            report(path, message)
     if not problems and getattr(experiment, "search", None) is not None:
         from .search import check as check_search  # paths, values and metric, against this experiment
 
@@ -382,6 +385,23 @@ def _teacher_problem(experiment, index: int, value: str, seen: dict[str, int]) -
         what = "earlier stage or models key with weights" if keys else "earlier stage"
         return unknown_name_message(what, value, earlier + keys)
     return None
+
+
+def _shipping_problems(experiment) -> Iterator[tuple[tuple, str]]:
+    """``tracking.register`` names a stage that trains a model; ``report.reference`` a stage or models key."""
+    trainers = [s.name for s in experiment.stages if trained_model_key(s) is not None]
+    register = experiment.tracking.register
+    if register is not None:
+        if register.stage is None and not trainers:
+            yield ("tracking", "register"), "no stage trains a model to register"
+        elif register.stage is not None and register.stage not in trainers:
+            yield ("tracking", "register", "stage"), unknown_name_message("stage that trains a model",
+                                                                          register.stage, trainers)
+    report = getattr(experiment, "report", None)
+    if report is not None and report.reference is not None:
+        names = [s.name for s in experiment.stages] + list(experiment.models)
+        if report.reference not in names:
+            yield ("report", "reference"), unknown_name_message("stage or models key", report.reference, names)
 
 
 def trained_model_key(stage: BaseModel) -> str | None:

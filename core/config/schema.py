@@ -9,6 +9,7 @@ and each ``params`` block is validated by its component's own model.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -183,11 +184,30 @@ class ScheduleConfig(Params):
     min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
 
 
+class ExportConfig(Params):
+    """``export:`` on a stage: its kept model as ONNX, checked by ONNX Runtime, optionally int8 too."""
+
+    int8: bool = Field(default=False, description="also an int8 model by ONNX Runtime's static quantization, "
+                       "calibrated on training images, with its own test accuracy")
+    calibration_images: int = Field(default=256, ge=1, description="training images that calibrate int8 ranges")
+    max_int8_drop: float = Field(
+        default=0.01, ge=0, le=1, description="largest test-accuracy drop (fp32 minus int8, as a fraction) for "
+        "which the int8 model ships; beyond it the model is reported as rejected and not logged as a model")
+    check_images: int = Field(default=1024, ge=1, description="test images on which ONNX Runtime is compared "
+                              "with PyTorch (max abs logit difference, top-1 agreement)")
+    tolerance: float = Field(default=1e-3, gt=0, description="largest max abs logit difference that passes "
+                             "the check; beyond it the stage fails (the ONNX file would not be the model)")
+    opset: int | None = Field(default=None, ge=7, description="ONNX opset; default: the exporter's")
+
+
 class StageConfig(Params):
     """Fields every stage has. Methods subclass it; the core adds ``kind``."""
 
     name: PathName | None = Field(default=None, description="defaults to '<kind>' or '<kind>_<i>'")
     seed: int | None = Field(default=None, ge=0, lt=2**63, description="defaults to the experiment's seed")
+    export: ExportConfig | None = Field(
+        default=None, description="write the stage's kept model as ONNX (and int8), checked by ONNX Runtime, "
+        "logged as MLflow models; `export: {}` for the defaults")
 
     def check(self, experiment, registry) -> list[tuple[tuple, str]]:
         """Extra checks once the whole file is valid: (path within the stage, message) pairs.
@@ -259,6 +279,18 @@ class EngineConfig(Params):
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
 
 
+class RegisterConfig(Params):
+    """Which model goes into the MLflow model registry, under which name."""
+
+    name: str = Field(min_length=1, max_length=250, description="the registered model's name")
+    stage: str | None = Field(default=None, description="the stage whose kept model is registered; default: "
+                              "the last stage that trains a model")
+
+
+# the field `register` shadows ABCMeta.register of the class, which nothing here uses
+warnings.filterwarnings("ignore", message='Field name "register" in "TrackingConfig" shadows')
+
+
 class TrackingConfig(Params):
     uri: str | None = Field(
         default=None,
@@ -267,6 +299,28 @@ class TrackingConfig(Params):
     experiment: str | None = Field(default=None, description="MLflow experiment; default: name")
     checkpoint_dir: str = Field(default="mlruns/checkpoints", description="local resume state")
     log_model: bool = Field(default=True, description="log the final model as an MLflow model")
+    register: RegisterConfig | None = Field(
+        default=None, description="register the kept student in the MLflow model registry: a name, or "
+        "{name, stage}")
+
+    @field_validator("register", mode="before")
+    @classmethod
+    def _register_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+
+class ReportConfig(Params):
+    """``report:``: the compression report at the end of a run (every model the experiment produced or used)."""
+
+    compression: bool = Field(default=True, description="measure and log the compression report")
+    reference: str | None = Field(
+        default=None, description="the row every ratio is against: a stage or a models key; default: the first "
+        "teacher a stage names")
+    warmup: int = Field(default=10, ge=0, description="untimed calls before latency is measured")
+    repeats: int = Field(default=50, ge=3, description="timed calls at batch 1 (p50 and p95)")
+    throughput_batch: int = Field(default=64, ge=1, description="batch size of the throughput measurement")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads for the measurement (torch and "
+                                "ONNX Runtime); default: torch's")
 
 
 class ExperimentBase(Params):
@@ -281,5 +335,6 @@ class ExperimentBase(Params):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     search: SearchConfig | None = Field(default=None, description="hyperparameter search (`mentor sweep`)")
+    report: ReportConfig | None = Field(default=None, description="the compression report at the end of a run")
     # the file it was read from (a config.document.Document), so that errors found at run time are located too
     _document: Any = PrivateAttr(default=None)

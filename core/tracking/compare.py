@@ -28,7 +28,7 @@ from .runs_table import (
     search_runs,
 )
 
-__all__ = ["BASE_SCHEMA", "compare", "leaderboard", "render", "runs_table", "trial_leaderboard"]
+__all__ = ["BASE_SCHEMA", "compare", "compression_reports", "leaderboard", "render", "runs_table", "trial_leaderboard"]
 
 #: Summary metrics shown next to the ranked value when a stage run logged them.
 SUMMARY_COLUMNS = ("best/val/accuracy", "best/test/accuracy", "last/test/accuracy")
@@ -295,3 +295,30 @@ def compare(experiments: str | list[str], *, level: str = "stage", metric: str =
     return stacked.select("rank", "experiment", *middle, *tail)
 
 
+
+
+def compression_reports(experiments: str | list[str], *, tracking_uri: str | None = None) \
+        -> list[tuple[str, pl.DataFrame]]:
+    """The compression report (``report/compression.csv``) of each experiment's latest run that logged one,
+    with a heading naming the run and the machine it was measured on."""
+    import tempfile
+    from pathlib import Path
+
+    names = [experiments] if isinstance(experiments, str) else list(experiments)
+    client, uri = open_client(tracking_uri)
+    out = []
+    for name in names:
+        exp_id = experiment_id(client, name, uri)
+        runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_KIND}` = 'experiment' and "
+                                  "tags.`mentor.report.machine` != ''", order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if not runs:
+            raise ValueError(f"no run of experiment '{name}' has a compression report: add `report: {{}}` to "
+                             "its file and run it (or `mentor export` a stage, then run again)")
+        run = runs[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            table = pl.read_csv(Path(client.download_artifacts(run.info.run_id, "report/compression.csv", tmp)))
+        heading = (f"{name}: run {run.info.run_name} ({run.info.run_id[:8]}), measured on "
+                   f"{run.data.tags.get('mentor.report.machine')}")
+        out.append((heading, table))
+    return out

@@ -156,7 +156,7 @@ class Tracker:
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def log_model(self, run_id: str, model, name: str, example) -> None:
+    def log_model(self, run_id: str, model, name: str, example, metadata: dict | None = None) -> None:
         """The final model as an MLflow model (pickle format: no torch.export needed)."""
         import mlflow.pytorch
         import torch
@@ -165,7 +165,7 @@ class Tracker:
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         with fluent_tracking_uri(self.uri), mlflow.start_run(run_id=run_id, nested=True):
             mlflow.pytorch.log_model(
-                model, name=name, serialization_format="pickle", input_example=example,
+                model, name=name, serialization_format="pickle", input_example=example, metadata=metadata,
                 # stated, not inferred: inference re-imports the model in a subprocess (slow)
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
