@@ -219,3 +219,16 @@ def test_pytorch_model_without_record_is_refused(store, folder, tmp_path, capsys
     assert "carries no preprocessing record" in err and "re-run" in err and len(err.splitlines()) == 1
     assert main(["predict", "0" * 32, str(folder)]) == 2
     assert f"{'0' * 32}: " in capsys.readouterr().err
+
+
+def test_output_is_written_in_row_groups(onnx_file, folder, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from mentor.deploy import predict
+
+    monkeypatch.setattr(predict, "CHUNK_ROWS", 3)
+    out = tmp_path / "p.parquet"
+    assert main(["predict", str(onnx_file), str(folder), "--out", str(out), "--batch-size", "2",
+                 "--workers", "0"]) == 0
+    meta = pq.ParquetFile(out).metadata  # batches of 2 (the last one holds broken.png): flushed at 4, then 3
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4, 3]
