@@ -80,18 +80,20 @@ def load_model(spec: str, tracking_uri: str | None = None) -> LoadedModel:
                        "a runs:/ or models:/ URI, or a run id)")
 
 
-def _onnx_file(path: Path, preprocess: Preprocess | None = None, description: str | None = None) -> LoadedModel:
+def _onnx_file(path: Path, preprocess: Preprocess | None = None, shown: str | None = None) -> LoadedModel:
+    """An ONNX Runtime session; the record given (an MLflow model's), else the file's own."""
     from .onnx_export import OnnxModel
 
+    shown = shown or str(path)
     model = OnnxModel(path)
     try:
         preprocess = preprocess or model.preprocess
     except ValueError as exc:
-        raise PredictError(f"{path}: {exc}") from None
+        raise PredictError(f"{shown}: {exc}") from None
     if preprocess is None:
-        raise PredictError(f"{path}: the ONNX file carries no preprocessing record (metadata key {KEY}); "
+        raise PredictError(f"{shown}: the ONNX file carries no preprocessing record (metadata key {KEY}); "
                            "export it with mentor (mentor.deploy.onnx_export.export_onnx with a Preprocess)")
-    return LoadedModel(model.logits, preprocess, description or f"{path} (onnx)")
+    return LoadedModel(model.logits, preprocess, f"{shown} (onnx)")
 
 
 def _mlflow_folder(folder: Path, shown: str) -> LoadedModel:
@@ -102,7 +104,7 @@ def _mlflow_folder(folder: Path, shown: str) -> LoadedModel:
     preprocess = _record(mlmodel.metadata, shown)
     if "onnx" in mlmodel.flavors:
         onnx_file = folder / mlmodel.flavors["onnx"].get("data", "model.onnx")
-        return _onnx_file(onnx_file, preprocess, f"{shown} (onnx)")
+        return _onnx_file(onnx_file, preprocess, shown)
     if "pytorch" not in mlmodel.flavors:
         raise PredictError(f"{shown}: an MLflow model with neither an onnx nor a pytorch flavor "
                            f"(flavors: {', '.join(mlmodel.flavors)})")
@@ -184,8 +186,7 @@ def _run_model_uri(client, run_id: str) -> str:
     """The model URI of a mentor run: a stage run's logged model (its ONNX one first), or for an experiment
     run, that of its last stage run that logged one."""
     run = client.get_run(run_id)
-    tags = run.data.tags
-    if tags.get("mentor.kind") == "experiment":
+    if run.data.tags.get("mentor.kind") == "experiment":
         stages = client.search_runs([run.info.experiment_id],
                                     f"tags.`mlflow.parentRunId` = '{run_id}' and tags.`mentor.kind` = 'stage'",
                                     order_by=["attributes.start_time DESC"], max_results=1000)
@@ -193,11 +194,11 @@ def _run_model_uri(client, run_id: str) -> str:
             found = _logged_model(client, stage)
             if found is not None:
                 return found
-        raise PredictError(f"run {run_id} (experiment {tags.get('mlflow.runName', '')}): none of its "
+        raise PredictError(f"run {run_id} ({run.info.run_name}): none of its "
                            f"{len(stages)} stage runs logged a model (tracking.log_model off?)")
     found = _logged_model(client, run)
     if found is None:
-        raise PredictError(f"run {run_id} ({tags.get('mlflow.runName', '')}) logged no model")
+        raise PredictError(f"run {run_id} ({run.info.run_name}) logged no model")
     return found
 
 
@@ -367,6 +368,8 @@ def predict_images(model: LoadedModel, source: Path, out: Path, top_k: int = 5, 
     """
     import pyarrow.parquet as pq
 
+    if workers < 0:
+        raise PredictError(f"--workers {workers}: expected 0 (decode in this process) or more")
     paths, shown = list_images(source)
     shown_of = dict(zip(paths, shown, strict=True))
     pre = model.preprocess
