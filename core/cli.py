@@ -1,4 +1,4 @@
-"""The ``mentor`` command: run, sweep, bench, validate, schema, plugins, compare, export, ui.
+"""The ``mentor`` command: run, sweep, bench, validate, schema, plugins, compare, export, predict, ui.
 
 User mistakes (a bad file, an unknown plugin, a missing dataset, a corrupt
 checkpoint) end with a located one-line message and exit code 2, never a
@@ -286,6 +286,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .deploy.predict import load_model, predict_images
+
+    model = load_model(args.model, args.tracking_uri)
+    print(f"model: {model.description}", flush=True)
+    summary = predict_images(model, Path(args.images).expanduser(), Path(args.out), top_k=args.top_k,
+                             batch_size=args.batch_size, workers=args.workers, resize=not args.no_resize)
+    listed = f", listed in {summary.skipped_file}" if summary.skipped_file else ""
+    print(f"{summary.predicted} images -> {summary.out} ({summary.skipped} skipped{listed})")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from .tracking.store import artifact_root, tracking_uri
 
@@ -390,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the device's peak TFLOP/s for MFU (default: dense bf16 peak of known GPUs)")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("predict", help="top-k classes of image files, preprocessed as the model was trained")
+    p.add_argument("model", help="an .onnx file, an MLflow model folder, a runs:/ or models:/ URI, or a run id")
+    p.add_argument("images", help="a folder of images (any depth), or a .parquet/.csv file with a path column")
+    p.add_argument("--out", default="predictions.parquet", metavar="FILE", help="default predictions.parquet")
+    p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--batch-size", type=_positive, default=256, metavar="N")
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="decoding processes (default 2; 0: none)")
+    p.add_argument("--no-resize", action="store_true",
+                   help="refuse images whose size or channels differ from the model's instead of converting them")
+    p.add_argument("--tracking-uri", default=None, help="the store of runs:/, models:/ and run ids")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("ui", help="open the MLflow UI on mentor's store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -414,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.types import DataNotFound
     from .deploy.mlflow_models import RegistryConflict
     from .deploy.onnx_export import ExportError
+    from .deploy.predict import PredictError
     from .engine.checkpoint import CheckpointError
     from .engine.loop import TrainingDiverged
     from .export_command import ExportRunError
@@ -432,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USAGE
     except (PluginError, PluginConflict, UnknownComponent, DataNotFound, CheckpointError,
-            NothingToResume, TrackingUnreachable, ExportError, ExportRunError, RegistryConflict) as exc:
+            NothingToResume, TrackingUnreachable, ExportError, ExportRunError, RegistryConflict,
+            PredictError) as exc:
         if debug:
             raise
         _err(f"error: {exc}")

@@ -144,6 +144,25 @@ def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
         np.testing.assert_allclose(OnnxModel(onnx_file).logits(x), torch_model(x).numpy(), atol=1e-4)
     assert client.get_run(parent).data.tags["mentor.registered"] == "models:/tiny-student/1"
 
+    # and through predict, on image files, by its registry URI: the same classes as the model itself
+    from PIL import Image
+
+    from .conftest import synthetic_images
+
+    images = synthetic_images(6, 1, size=8, channels=1)
+    folder = workdir / "images"
+    folder.mkdir()
+    for i, image in enumerate(images.images):
+        Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+    out = workdir / "predictions.parquet"
+    assert main(["predict", "models:/tiny-student/1", str(folder), "--out", str(out), "--top-k", "2"]) == 0
+    predicted = pl.read_parquet(out).sort("path")
+    x = (images.images.float() / 255 - 0.3) / 0.3
+    with torch.no_grad():
+        expected = torch_model(x).argmax(1).tolist()
+    assert predicted["index"].to_list() == expected
+    assert predicted["class"].to_list() == [("a", "b", "c", "d")[i] for i in expected]
+
 
 def test_a_registered_student_is_a_teacher_in_a_later_experiment(workdir, plugins, tiny_config):
     first, results = run(shipped(tiny_config, int8=False), plugins)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _read(path: str) -> torch.Tensor:
+def read_image(path: str) -> torch.Tensor:
     """uint8 [C, H, W] from torchvision.io, or from Pillow for formats it cannot decode."""
     try:
         from torchvision.io import ImageReadMode, decode_image, read_file
@@ -81,7 +81,7 @@ class _Files(torch.utils.data.Dataset):
 
     def __getitem__(self, row: int):
         try:
-            return convert(_read(self.paths[row]), self.channels, self.size), row, ""
+            return convert(read_image(self.paths[row]), self.channels, self.size), row, ""
         except Exception as exc:
             return None, row, f"{type(exc).__name__}: {exc}"
 
@@ -127,7 +127,7 @@ class ImagePool:
     def images(self, index: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
         """The images of the rows holding ``index`` (uint8 [M, C, H, W]); an undecodable one is an error here."""
         lookup = {int(i): r for r, i in enumerate(self.index.tolist())}
-        return torch.stack([convert(_read(self.paths[lookup[int(i)]]), channels, size) for i in index.tolist()])
+        return torch.stack([convert(read_image(self.paths[lookup[int(i)]]), channels, size) for i in index.tolist()])
 
 
 def find_images(folder: Path) -> list[Path]:
