@@ -112,8 +112,6 @@ def register(uri: str, run_id: str, model: torch.nn.Module, name: str, *, archit
     try:
         client.create_registered_model(name, tags={ARCHITECTURE_TAG: architecture}, description=description)
     except mlflow.exceptions.MlflowException:
-        pass  # it exists (check_registrable let it through): add a version
-    client.set_registered_model_tag(name, ARCHITECTURE_TAG, architecture)
-    with fluent_tracking_uri(uri):
-        version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name, tags=tags)
-    return version
+        client.set_registered_model_tag(name, ARCHITECTURE_TAG, architecture)  # it exists for this architecture
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    return client.create_model_version(name, source, run_id=run_id, tags=tags, description=description)
