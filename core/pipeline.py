@@ -17,6 +17,7 @@ files, which the others read after a barrier.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -231,8 +232,8 @@ class ExperimentRunner:
                 method = self.plugins.registry.get("method", stage.kind)
                 result = method.factory(stage, ctx)
                 self.results[stage.name] = result
-                if stage.export is not None and result.model_key is not None:
-                    shipping.export_stage(ctx, result)
+                if stage.export is not None and result.model_key is not None:  # rank 0 exports, the rest wait
+                    distributed.on_main(functools.partial(self._export, ctx, result))
                 if distributed.is_main():
                     result.save(done)
                 self.tracker.log_metrics(self.parent, {f"{stage.name}/{k}": v for k, v in result.metrics.items()})
@@ -254,11 +255,19 @@ class ExperimentRunner:
             hook.on_experiment_end(experiment=exp, run_id=self.parent, results=self.results, status=status)
         return self.results
 
+    @staticmethod
+    def _export(ctx: StageContext, result: StageResult) -> None:
+        shipping.export_stage(ctx, result)
+
     def ship(self, state: RunState) -> None:
-        """The run's compression report (``report:``) and its registered student (``tracking.register``)."""
+        """The run's compression report (``report:``) and its registered student (``tracking.register``),
+        on rank 0 (the others wait)."""
+        self.report, self.registered = None, None
+        distributed.on_main(lambda: self._ship(state))
+
+    def _ship(self, state: RunState) -> None:
         self.report = shipping.compression_report(state, self.parent)
-        self.registered = None
-        if self.experiment.tracking.register is not None and distributed.is_main():
+        if self.experiment.tracking.register is not None:
             stage = shipping.register_stage(self.experiment)
             stage_run = next(r.info.run_id for r in self.tracker.children(self.parent)
                              if r.data.tags.get("mentor.stage") == stage)

@@ -191,6 +191,17 @@ def _reference(state: RunState, entries: list[_Entry]) -> str | None:
     return entry.name if entry else None
 
 
+def _torch_accuracy(model: nn.Module, batches) -> float:
+    """Top-1 accuracy of the fp32 model on the CPU, where the report measures it (one process, no
+    collectives: under torchrun only rank 0 reports)."""
+    right = seen = 0
+    with torch.inference_mode():
+        for x, y in batches:
+            right += int((model(x).argmax(1) == y).sum())
+            seen += len(y)
+    return right / seen
+
+
 def _state_dict_mb(model: nn.Module) -> float:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -239,8 +250,7 @@ def _measure(ctx: StageContext, entry: _Entry, folder: Path, cfg) -> list[dict]:
             "mflops": flops / 1e6}
     batch = cfg.throughput_batch
     test = ctx.splits.test
-    accuracy = ctx.evaluate(model.to(ctx.device)).get("test/accuracy")
-    model = model.cpu()
+    accuracy = _torch_accuracy(model, _cpu_batches(ctx, test)) if len(test) else None
     rows = [{**base, "format": "pytorch fp32", "size_mb": _state_dict_mb(model), "test_accuracy": accuracy,
              **measure.latency(measure.torch_runner(model), example, batch, warmup=cfg.warmup,
                                repeats=cfg.repeats)}]
