@@ -323,8 +323,16 @@ class StageContext:
         outcome = StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
         if distributed.is_main():
             checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)
-            self.tracker.log_metrics(self.run_id, summary, step=step_offset + cfg.epochs)
-            self._log_artifacts(model, model_key, result, weights, f"{phase}/" if phase else "", export)
+            from .pool_scores import weights_sha256
+
+            logged, digest = folder / "logged.json", weights_sha256(model)
+            if not logged.is_file() or json.loads(logged.read_text()).get("weights_sha256") != digest:
+                # once per kept weights: a stage resumed after this point (killed before it finished)
+                # must not log its summary and model a second time
+                self.tracker.log_metrics(self.run_id, summary, step=step_offset + cfg.epochs)
+                self._log_artifacts(model, model_key, result, weights, f"{phase}/" if phase else "", export)
+                self.tracker.flush()
+                checkpoint.write_text_atomic(json.dumps({"weights_sha256": digest}), logged)
             if phase:
                 outcome.save(done)
         distributed.barrier()  # the other ranks may read final.pt from here on

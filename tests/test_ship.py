@@ -304,3 +304,36 @@ def test_ratios_and_pareto_front_against_a_hand_built_table():
     int8 = table.row(2, named=True)  # no int8 teacher: against the teacher's PyTorch row
     assert int8["speedup_vs_teacher"] == 8.0 and int8["size_vs_teacher"] == 0.05
     assert pareto_front(table) == [2, 1, 0]  # the slow, less accurate student is beaten by all
+
+
+def test_a_stage_resumed_after_its_fit_logs_its_model_and_summary_once(workdir, plugins, tiny_config, monkeypatch):
+    """Killed after the fit recorded everything but before the stage finished (here: in its export), the
+    resumed stage does not log its model or its best/kept summary a second time."""
+    from mentor import shipping
+
+    real = shipping.export_stage
+    calls = []
+
+    def killed_once(ctx, result):
+        calls.append(ctx.stage.name)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(ctx, result)
+
+    monkeypatch.setattr(shipping, "export_stage", killed_once)
+    config = shipped(tiny_config, int8=False, register=None)
+    config.pop("report")
+    exp = experiment(config, plugins)
+    with pytest.raises(KeyboardInterrupt):
+        ExperimentRunner(exp, plugins).run()
+    runner = ExperimentRunner(experiment(config, plugins), plugins)
+    runner.run(resume=True)
+    client = MlflowClient(store())
+    runs = client.search_runs([runner.tracker.experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 3
+    student = next(r for r in runs if r.data.tags.get("mentor.stage") == "student")
+    models = client.search_logged_models([runner.tracker.experiment_id],
+                                         filter_string=f"source_run_id = '{student.info.run_id}'")
+    assert sorted(m.name for m in models) == ["student-student", "student-student-onnx"]
+    for key in ("best/test/accuracy", "kept/test/accuracy", "best/epoch"):
+        assert len(client.get_metric_history(student.info.run_id, key)) == 1, key
