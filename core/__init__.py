@@ -37,7 +37,7 @@ from .engine.runtime import Runtime, autocast
 from .features import FeatureError, FeatureTap, probe
 from .hookspecs import hookimpl
 from .losses import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
-from .params import NoParams, Params
+from .params import FilePath, NoParams, Params
 from .pseudo_labels import soft_targets
 from .registry import unknown_name_message
 from .tables import SCORES_SCHEMA, SELECTION_SCHEMA, TableError, check_selection, scores_frame
@@ -49,6 +49,7 @@ __all__ = [
     "hookimpl",
     "Params",
     "NoParams",
+    "FilePath",
     "unknown_name_message",
     # experiment-file types a stage config uses
     "StageConfig",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -17,3 +20,19 @@ class Params(BaseModel):
 
 class NoParams(Params):
     """For components that take no parameters."""
+
+
+@dataclass(frozen=True)
+class _FromFile:
+    """Marks a parameter as a path that a relative value reads from the experiment file's folder."""
+
+
+FilePath = Annotated[str, _FromFile()]
+"""A ``str`` parameter naming a file or folder. Given relative in an experiment file, the loader makes it
+absolute from that file's folder (from the working directory when it comes from ``--set``), as it does
+for ``models.<key>.checkpoint``, so a file runs the same from any working directory."""
+
+
+def path_fields(model: type[BaseModel]) -> list[str]:
+    """The names of ``model``'s top-level ``FilePath`` fields."""
+    return [name for name, info in model.model_fields.items() if any(isinstance(m, _FromFile) for m in info.metadata)]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mentor import DataBundle, DataInfo, DataNotFound, ImageSet, Params, hookimpl
+from mentor import DataBundle, DataInfo, DataNotFound, FilePath, ImageSet, Params, hookimpl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,7 +43,8 @@ class TorchvisionParams(Params):
 class ImageFolderParams(Params):
     """A directory with ``train/`` and ``test/`` subfolders in ImageFolder layout."""
 
-    root: str = Field(description="directory with train/<class>/*.png and test/<class>/*.png")
+    root: FilePath = Field(description="directory with train/<class>/*.png and test/<class>/*.png (relative: from "
+                           "the experiment file's folder)")
     image_size: int = Field(32, ge=1, description="images are resized to image_size x image_size")
     grayscale: bool = Field(False, description="load images as one channel instead of RGB")
 

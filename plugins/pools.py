@@ -7,15 +7,17 @@ from pathlib import Path
 import polars as pl
 from pydantic import Field
 
-from mentor import DataNotFound, ImagePool, Params, find_images, hookimpl
+from mentor import DataNotFound, FilePath, ImagePool, Params, find_images, hookimpl
 
 
 class FolderParams(Params):
-    path: str = Field(description="a folder of images, searched at any depth (relative: from the working directory)")
+    path: FilePath = Field(description="a folder of images, searched at any depth (relative: from the experiment "
+                           "file's folder)")
 
 
 class PathListParams(Params):
-    path: str = Field(description="a .parquet or .csv file listing images (relative: from the working directory)")
+    path: FilePath = Field(description="a .parquet or .csv file listing images (relative: from the experiment "
+                           "file's folder)")
     column: str = Field(default="path", description="the column of image paths; relative ones are read "
                         "from the file's folder")
 

@@ -80,8 +80,9 @@ def test_data_unlabeled_is_validated_with_did_you_mean(write_yaml, tiny_config, 
     assert "did you mean 'image_folder'" in found["data.unlabeled.source"].message
     assert found["data.unlabeled.source"].line is not None
     tiny_config["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": "x"}}
-    exp = load_experiment(write_yaml(tiny_config), registry=plugins.registry)
-    assert exp.data.unlabeled.params == {"path": "x"}
+    path = write_yaml(tiny_config)
+    exp = load_experiment(path, registry=plugins.registry)
+    assert exp.data.unlabeled.params == {"path": str((path.parent / "x").resolve())}  # from the file's folder
 
 
 def _pool_experiment(tiny_config, folder):
@@ -188,3 +189,22 @@ def test_cli_run_reports_a_missing_or_empty_pool_with_exit_2(workdir, tmp_path, 
     out = subprocess.run([sys.executable, "-m", "mentor.cli", "run", str(path)], capture_output=True, text=True)
     assert out.returncode == 2, out.stderr
     assert str(folder) in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_relative_pool_path_is_read_from_the_experiment_files_folder(plugins, pool_folder, tmp_path,
+                                                                       monkeypatch):
+    """The same file runs from any working directory; a --set value is the user's own, from the cwd."""
+    import yaml
+
+    from .conftest import TINY
+
+    config = dict(TINY, data=dict(TINY["data"], unlabeled={"source": "image_folder", "params": {"path": "pool"}}))
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    exp = load_experiment(path, registry=plugins.registry)
+    assert exp.data.unlabeled.params["path"] == str(pool_folder.resolve())
+    exp = load_experiment(path, ["data.unlabeled.params.path=pool"], registry=plugins.registry)
+    assert exp.data.unlabeled.params["path"] == str((elsewhere / "pool").resolve())

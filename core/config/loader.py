@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from ..params import path_fields
 from ..registry import Registry, unknown_name_message
 from .document import Document, apply_overrides, read_document
 from .errors import ConfigError, Problem, dotted
@@ -272,6 +273,10 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
         except ValidationError as exc:
             for err in exc.errors():
                 report(path + ("params",) + tuple(err["loc"]), _params_message(err, table[name].params))
+            continue
+        for field in path_fields(table[name].params):  # relative: from the experiment file's folder
+            if isinstance(spec.params.get(field), str):
+                spec.params[field] = str(_resolve_path(spec.params[field], doc, path + ("params", field)))
 
     for key, spec in experiment.models.items():
         if spec.checkpoint is not None:
