@@ -140,21 +140,14 @@ def _record(metadata: dict | None, shown: str) -> Preprocess | None:
 @contextlib.contextmanager
 def _store(tracking_uri: str | None) -> Iterator[str]:
     """MLflow's fluent API pointed at mentor's store, without the download bar, for a block."""
+    from ..tracking.models import no_download_bar
     from ..tracking.store import tracking_uri as resolve
     from ..tracking.tracker import check_reachable, fluent_tracking_uri
 
     uri = resolve(tracking_uri)
     check_reachable(uri)
-    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a local copy needs no bar
-    try:
-        with fluent_tracking_uri(uri):
-            yield uri
-    finally:
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+    with no_download_bar(), fluent_tracking_uri(uri):
+        yield uri
 
 
 def _from_store(spec: str, tracking_uri: str | None, model_uri: Callable) -> LoadedModel:

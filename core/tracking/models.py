@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from .store import tracking_uri
 from .tracker import fluent_tracking_uri
+
+
+@contextlib.contextmanager
+def no_download_bar():
+    """MLflow's artifact download bar off for a block (a local copy needs none), then as it was."""
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 class ModelNotFound(Exception):
@@ -25,18 +40,11 @@ def load_logged_model(uri: str, configured_store: str | None = None):
 
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution, every load
     store = tracking_uri(configured_store)
-    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no download bar for a local copy
     try:
-        with fluent_tracking_uri(store):
+        with no_download_bar(), fluent_tracking_uri(store):
             return mlflow.pytorch.load_model(uri, map_location="cpu")
     except MlflowException as exc:
         raise ModelNotFound(f"{uri}: {exc.message} (tracking store {store})") from None
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"{uri}: cannot load it ({type(exc).__name__}: {exc}) (tracking store {store})") \
             from None
-    finally:
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
