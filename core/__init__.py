@@ -25,7 +25,7 @@ from .config.schema import (
 from .context import RunState, StageContext, StageResult, StopRun
 from .data.augment import BatchAugment
 from .data.loader import Batches
-from .data.pool import IMAGE_EXTENSIONS, ImagePool, find_images
+from .data.pool import IMAGE_EXTENSIONS, ImagePool, PoolImages, find_images
 from .data.splits import UnlabeledImages, derive_seed
 from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
 from .data.types import DataBundle, DataInfo, DataNotFound, ImageSet
@@ -38,7 +38,7 @@ from .features import FeatureError, FeatureTap, probe
 from .hookspecs import hookimpl
 from .losses import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
 from .params import FilePath, NoParams, Params
-from .pseudo_labels import soft_targets
+from .pseudo_labels import pool_diagnostics, soft_targets
 from .registry import unknown_name_message
 from .tables import SCORES_SCHEMA, SELECTION_SCHEMA, TableError, check_selection, scores_frame
 from .version import __version__
@@ -72,6 +72,7 @@ __all__ = [
     "ImageSet",
     "UnlabeledImages",
     "ImagePool",
+    "PoolImages",
     "IMAGE_EXTENSIONS",
     "find_images",
     "Batches",
@@ -111,5 +112,6 @@ __all__ = [
     "check_selection",
     "scores_frame",
     "soft_targets",
+    "pool_diagnostics",
     "__version__",
 ]

@@ -262,19 +262,33 @@ class StageContext:
             self.state.pool = self.registry.get("unlabeled_source", spec.source).build(**spec.params)
         return self.state.pool
 
-    def score_pool(self, model: nn.Module, pool, *, top_p: int, batch_size: int = 1024,
-                   name: str = "scores") -> pl.LazyFrame:
-        """Scores of ``pool`` streamed to ``<stage>/<name>/`` (reused or resumed, see mentor.pool_scores);
-        skipped files are logged as ``<name>/skipped.csv`` with a ``pool/skipped`` metric."""
+    def score_pool(self, model: nn.Module, pool, *, top_p: int, batch_size: int = 1024, name: str = "scores",
+                   teacher: str = "", log_table: bool = True):
+        """The teacher's scores of ``pool`` (a ``ScoresTable``; ``.scan()`` reads it lazily).
+
+        The table lives in ``tracking.cache_dir``, keyed by the teacher's weights,
+        the pool's fingerprint and the settings: a later stage, run or sweep trial
+        with the same three reuses it, an interrupted scoring resumes (see
+        mentor.pool_scores). This stage's run gets the table's key and record
+        (``<name>/meta.json``), the chunks themselves under ``<name>/`` unless
+        ``log_table`` is false, the skipped files and ``pool/*`` metrics.
+        """
         from .pool_scores import score_pool
 
-        scores, skipped = score_pool(model, pool, self.dir / name, channels=self.info.in_channels,
-                                     size=self.info.image_size, top_p=top_p, batch_size=batch_size,
-                                     mean=self.info.mean, std=self.info.std, runtime=self.runtime,
-                                     chunk_size=self.pool_chunk_size)
+        table = score_pool(model, pool, Path(self.experiment.tracking.cache_dir) / "scores",
+                           channels=self.info.in_channels, size=self.info.image_size, top_p=top_p,
+                           batch_size=batch_size, mean=self.info.mean, std=self.info.std, runtime=self.runtime,
+                           chunk_size=self.pool_chunk_size, teacher=teacher)
+        skipped = table.skipped()
         self.log_table(skipped, f"{name}/skipped.csv")
+        self.tracker.log_dict(self.run_id, table.meta, f"{name}/meta.json")
+        if log_table:
+            for chunk in table.chunks:
+                self.tracker.log_file(self.run_id, chunk, name)
+        self.tracker.set_tags(self.run_id, {"mentor.scores.key": table.meta["key"],
+                                            "mentor.scores.reused": str(table.reused).lower()})
         self.log_metrics({"pool/skipped": float(len(skipped)), "pool/size": float(len(pool))})
-        return scores
+        return table
 
     pool_chunk_size = 50_000  # images per parquet chunk of a pool's scores
 

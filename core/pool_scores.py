@@ -1,11 +1,23 @@
-"""Scoring an ImagePool in chunks to parquet: reused when nothing changed, resumed when interrupted.
+"""A teacher's scores of an ImagePool as a table on disk: keyed, shared, chunked, resumable.
 
-The table lives in a folder of ``chunk-NNNNN.parquet`` files (``SCORES_SCHEMA``)
-next to ``meta.json``: the teacher's weights sha256, the pool's fingerprint
-(count + sha256 of paths, sizes, mtimes) and the scoring settings. A chunk is
-written to a temporary name and renamed, so a chunk on disk is complete; a
-run that stops mid-way resumes after its last chunk. When ``meta.json``
-matches and says ``complete``, the table is reused as it is.
+The table is a folder ``<cache>/scores/<key>/`` of ``chunk-NNNNN.parquet``
+files (``SCORES_SCHEMA``) beside ``meta.json``. ``key`` is a hash of what the
+scores depend on: the teacher's weights (sha256), the pool's fingerprint
+(count + sha256 of paths, sizes, mtimes), and the scoring settings (top-P,
+image shape, normalisation, precision, chunk size, the decoding rules'
+version). Any stage, run or sweep trial that scores the same pool with the
+same teacher and settings finds the same folder and reuses it; a changed
+teacher, pool or setting gives another key, so a table is never reused for
+something it was not computed from.
+
+Each chunk's parquet file carries the same record in its key-value metadata
+(``mentor.scores``), so a table copied out of the cache or downloaded from
+MLflow still says what it is.
+
+A chunk is written under a temporary name and renamed, so a chunk on disk is
+complete; an interrupted scoring resumes after its last written chunk. Under
+torchrun each rank scores chunks ``rank, rank + world, ...`` into the shared
+folder (one machine, or a shared filesystem), then every rank reads them all.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -21,10 +34,13 @@ import torch
 from torch import nn
 
 from .data.pool import ImagePool
+from .engine import distributed
 from .engine.runtime import Runtime, autocast
 from .tables import SCORES_SCHEMA
 
 SKIPPED_SCHEMA = {"path": pl.Utf8(), "error": pl.Utf8()}
+SCORING_VERSION = 1  # bump when decoding or scoring rules change: old tables then no longer match
+METADATA_KEY = "mentor.scores"
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -49,47 +65,98 @@ def pool_fingerprint(pool: ImagePool) -> dict:
     return {"count": len(pool), "sha256": h.hexdigest()}
 
 
-def score_pool(model: nn.Module, pool: ImagePool, folder: Path, *, channels: int, size: tuple[int, int],
-               top_p: int, batch_size: int, mean, std, runtime: Runtime,
-               chunk_size: int = 50_000) -> tuple[pl.LazyFrame, pl.DataFrame]:
-    """(the scores as a LazyFrame over the chunk files, the skipped files' paths and errors)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def table_key(meta: dict) -> str:
+    """The cache folder's name: a hash of everything the scores depend on."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class ScoresTable:
+    """A complete scores table on disk, and whether this call computed it or found it."""
+
+    folder: Path
+    meta: dict
+    reused: bool
+    scored_chunks: int  # chunks this process scored (0 when reused)
+
+    @property
+    def chunks(self) -> list[Path]:
+        return sorted(self.folder.glob("chunk-*.parquet"))
+
+    def scan(self) -> pl.LazyFrame:
+        """The scores, lazily: selection strategies and diagnostics read only what they need."""
+        return pl.scan_parquet(self.chunks, schema=SCORES_SCHEMA)
+
+    def skipped(self) -> pl.DataFrame:
+        """Files the decoder could not read: their paths and errors."""
+        files = sorted(self.folder.glob("chunk-*.skipped.csv"))
+        if not files:
+            return pl.DataFrame(schema=SKIPPED_SCHEMA)
+        return pl.concat([pl.read_csv(f, schema=SKIPPED_SCHEMA) for f in files])
+
+
+def score_pool(model: nn.Module, pool: ImagePool, cache: Path, *, channels: int, size: tuple[int, int],
+               top_p: int, batch_size: int, mean, std, runtime: Runtime, chunk_size: int = 50_000,
+               teacher: str = "") -> ScoresTable:
+    """The table of ``model``'s top-``top_p`` over ``pool``: found under ``cache``, resumed, or scored.
+
+    ``teacher`` describes the teacher for people (a stage, a URI); it is
+    recorded but not part of the key, which uses the weights themselves.
+    """
+    precision = str(runtime.autocast_dtype).removeprefix("torch.") if runtime.autocast_dtype else "float32"
     meta = {"teacher_sha256": weights_sha256(model), "pool": pool_fingerprint(pool), "top_p": top_p,
-            "image_size": list(size), "channels": channels, "chunk_size": chunk_size}
+            "image_size": list(size), "channels": channels, "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std], "precision": precision, "chunk_size": chunk_size,
+            "scoring_version": SCORING_VERSION}
+    folder = Path(cache) / table_key(meta)
+    record = {**meta, "teacher": teacher, "key": folder.name}
+    n_chunks = (len(pool) + chunk_size - 1) // chunk_size
     meta_file = folder / "meta.json"
-    old = json.loads(meta_file.read_text()) if meta_file.exists() else None
-    if old is not None and {k: v for k, v in old.items() if k != "complete"} == meta:
-        if old.get("complete"):
-            print(f"reusing pseudo-label table {folder} (same teacher, pool and settings)", file=sys.stderr)
-            return _result(folder)
-    else:
-        for stale in folder.glob("chunk-*"):
-            stale.unlink()
-        meta_file.write_text(json.dumps({**meta, "complete": False}, indent=1))
+
+    def prepare() -> bool:
+        """Rank 0: True when the table is complete already; else the folder is ready to fill."""
+        old = _read_meta(meta_file)
+        if old is not None and old.get("complete") and len(list(folder.glob("chunk-*.parquet"))) == n_chunks:
+            return True
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(meta_file, {**record, "complete": False})
+        return False
+
+    if distributed.on_main(prepare):
+        print(f"reusing pseudo-label table {folder} (same teacher {meta['teacher_sha256'][:12]}, "
+              f"pool of {len(pool)} files, same settings): not scoring again", file=sys.stderr)
+        return ScoresTable(folder, record, reused=True, scored_chunks=0)
+    done = sum((folder / f"chunk-{c:05d}.parquet").exists() for c in range(n_chunks))
+    if done and distributed.is_main():
+        print(f"resuming pseudo-label table {folder}: {done} of {n_chunks} chunks already scored",
+              file=sys.stderr)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=runtime.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=runtime.device).view(1, -1, 1, 1)
     model.eval()
-    n_chunks = (len(pool) + chunk_size - 1) // chunk_size
-    for chunk in range(n_chunks):
-        target = folder / f"chunk-{chunk:05d}.parquet"
-        if target.exists():
+    scored = 0
+    for chunk in range(distributed.rank(), n_chunks, distributed.world_size()):
+        if (folder / f"chunk-{chunk:05d}.parquet").exists():
             continue  # resumed: this chunk is complete
         _score_chunk(model, pool, folder, chunk, chunk_size, channels, size, top_p, batch_size,
-                     mean_t, std_t, runtime)
-    meta_file.write_text(json.dumps({**meta, "complete": True}, indent=1))
-    return _result(folder)
+                     mean_t, std_t, runtime, record)
+        scored += 1
+    distributed.barrier()  # every rank's chunks are on disk
+    if distributed.is_main():
+        _write_json(meta_file, {**record, "complete": True})
+    distributed.barrier()
+    return ScoresTable(folder, record, reused=False, scored_chunks=scored)
 
 
 @torch.no_grad()
 def _score_chunk(model, pool, folder, chunk, chunk_size, channels, size, top_p, batch_size, mean_t, std_t,
-                 runtime) -> None:
+                 runtime, record) -> None:
     indices, classes, probs, skipped = [], [], [], []
     for x, index, bad in pool.batches(channels, size, batch_size, runtime.loader_workers,
                                       start=chunk * chunk_size, stop=(chunk + 1) * chunk_size):
         skipped += bad
         if x is None:
             continue
-        x = x.to(runtime.device).float().div_(255.0).sub_(mean_t).div_(std_t)
+        x = x.to(runtime.device, non_blocking=True).float().div_(255.0).sub_(mean_t).div_(std_t)
         with autocast(runtime):
             logits = model(x)
         p, c = logits.float().softmax(1).topk(min(top_p, logits.shape[1]), dim=1)
@@ -104,15 +171,31 @@ def _score_chunk(model, pool, folder, chunk, chunk_size, channels, size, top_p, 
                               "class": c.reshape(-1).numpy(), "prob": p.reshape(-1).numpy()}, schema=SCORES_SCHEMA)
     else:
         table = pl.DataFrame(schema=SCORES_SCHEMA)
-    pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row").write_csv(folder / f"chunk-{chunk:05d}.skipped.csv")
-    tmp = folder / f".chunk-{chunk:05d}.parquet.tmp"
-    table.write_parquet(tmp)
+    tag = f"{os.getpid()}"  # two processes filling one table (sweep trials) never share a temporary file
+    skipped_tmp = folder / f".chunk-{chunk:05d}.skipped.{tag}.tmp"
+    pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row").write_csv(skipped_tmp)
+    skipped_tmp.replace(folder / f"chunk-{chunk:05d}.skipped.csv")
+    tmp = folder / f".chunk-{chunk:05d}.{tag}.tmp"
+    table.write_parquet(tmp, metadata={METADATA_KEY: json.dumps({**record, "chunk": chunk})})
     tmp.replace(folder / f"chunk-{chunk:05d}.parquet")  # the parquet file last: it marks the chunk done
 
 
-def _result(folder: Path) -> tuple[pl.LazyFrame, pl.DataFrame]:
-    files = sorted(folder.glob("chunk-*.skipped.csv"))
-    skipped = pl.concat([pl.read_csv(f, schema=SKIPPED_SCHEMA) for f in files]) if files else \
-        pl.DataFrame(schema=SKIPPED_SCHEMA)
-    skipped.write_csv(folder / "skipped.csv")
-    return pl.scan_parquet(sorted(folder.glob("chunk-*.parquet"))), skipped
+def table_record(path: str | Path) -> dict:
+    """The ``mentor.scores`` record a chunk's parquet metadata holds (teacher, pool, settings)."""
+    raw = pl.read_parquet_metadata(path).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError(f"{path} is not a mentor scores table (no {METADATA_KEY} metadata)")
+    return json.loads(raw)
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent or half-written: the table is (re)built
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

@@ -52,10 +52,12 @@ def score(model: nn.Module, data: UnlabeledSet | UnlabeledImages, *, top_p: int,
     }, schema=SCORES_SCHEMA)
 
 
-def soft_targets(scores: pl.DataFrame, index: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[len(index), C] targets: each image's top-P probabilities, renormalised to sum to 1."""
+def soft_targets(scores: pl.DataFrame | pl.LazyFrame, index: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[len(index), C] targets: each image's top-P probabilities, renormalised to sum to 1.
+
+    A lazy ``scores`` (a table on disk) is read for the rows of ``index`` only."""
     rows = pl.DataFrame({"index": index.numpy(), "row": range(len(index))}, schema={"index": pl.Int64, "row": pl.Int64})
-    joined = rows.join(scores, on="index", how="inner")
+    joined = rows.lazy().join(scores.lazy().select("index", "class", "prob"), on="index", how="inner").collect()
     targets = torch.zeros(len(index), num_classes)
     targets[torch.from_numpy(joined["row"].to_numpy()), torch.from_numpy(joined["class"].to_numpy()).long()] = (
         torch.from_numpy(joined["prob"].to_numpy()))
@@ -100,4 +102,44 @@ def diagnostics(scores: pl.DataFrame, selection: pl.DataFrame, splits: Splits) -
                            coverage=pl.when(pl.col("unlabeled") > 0)
                            .then(pl.col("true_images") / pl.col("unlabeled")))
              .sort("class"))
+    return metrics, table
+
+
+def pool_diagnostics(scores: pl.DataFrame | pl.LazyFrame, selection: pl.DataFrame,
+                     num_classes: int | None = None) -> tuple[dict[str, float], pl.DataFrame]:
+    """What a truly unlabeled pool tells without labels, read lazily from the scores table.
+
+    Metrics: the selection's size, images, classes and mean confidence; the
+    pool's scored images and top-1 confidence distribution (mean, p10, p50,
+    p90); per class, the selected rows. The table: per class, how many scored
+    images have it as top-1 (and which share), how many rows were selected
+    with it, and their mean confidence.
+    """
+    top = scores.lazy().filter(pl.col("rank") == 0)
+    stats = top.select(n=pl.len(), mean=pl.col("prob").mean(), p10=pl.col("prob").quantile(0.1),
+                       p50=pl.col("prob").quantile(0.5), p90=pl.col("prob").quantile(0.9)).collect().row(0, named=True)
+    top1 = (top.group_by("class").agg(top1_images=pl.len()).rename({"class": "label"})
+            .with_columns(pl.col("label").cast(pl.Int32)).collect())
+    chosen = selection.group_by("label").agg(selected=pl.len(), mean_prob=pl.col("prob").mean())
+    labels = set(top1["label"].to_list()) | set(chosen["label"].to_list())
+    if num_classes is not None:
+        labels |= set(range(num_classes))
+    base = pl.DataFrame({"label": sorted(labels)}, schema={"label": pl.Int32})
+    scored = max(stats["n"], 1)
+    table = (base.join(top1, on="label", how="left").join(chosen.with_columns(pl.col("label").cast(pl.Int32)),
+                                                          on="label", how="left")
+             .with_columns(pl.col("top1_images").fill_null(0), pl.col("selected").fill_null(0))
+             .with_columns(top1_share=pl.col("top1_images") / scored)
+             .select("label", "top1_images", "top1_share", "selected", "mean_prob").sort("label"))
+    metrics = {
+        "pseudo/selected_rows": float(len(selection)),
+        "pseudo/selected_images": float(selection["index"].n_unique()) if len(selection) else 0.0,
+        "pseudo/mean_confidence": float(selection["prob"].mean()) if len(selection) else 0.0,
+        "pseudo/classes_covered": float(selection["label"].n_unique()) if len(selection) else 0.0,
+        "pool/scored_images": float(stats["n"]),
+    }
+    if stats["n"]:
+        metrics.update({f"pool/confidence_{k}": float(stats[k]) for k in ("mean", "p10", "p50", "p90")})
+    metrics.update({f"pseudo/class_{r['label']}/selected": float(r["selected"])
+                    for r in table.to_dicts() if r["selected"]})
     return metrics, table

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from mentor import (
     ImageSet,
     ModelKey,
+    PoolImages,
     SelectionSpec,
     StageContext,
     StageName,
@@ -30,6 +31,7 @@ from mentor import (
     TrainingStageConfig,
     TrainTask,
     hookimpl,
+    pool_diagnostics,
     soft_targets,
 )
 
@@ -88,14 +90,18 @@ def training_set(ctx: StageContext, stage: PseudoLabelStage, images, index, targ
     """An ImageSet whose labels are row numbers into ``targets`` (hard or soft alike).
 
     In joint mode the labeled rows are repeated so that, in expectation, a batch
-    holds ``unlabeled_ratio`` pseudo-labeled images per labeled one.
+    holds ``unlabeled_ratio`` pseudo-labeled images per labeled one. Images read
+    from a pool's files (``PoolImages``) stay unread: the labeled rows are
+    appended to them by row number, not copied.
     """
     if stage.mode == "joint":
         labeled = ctx.training_data()
         repeats = max(1, round(len(images) / (stage.unlabeled_ratio * max(len(labeled), 1))))
-        lab_images = labeled.images.repeat(repeats, 1, 1, 1)
         lab_targets = F.one_hot(labeled.labels, ctx.info.num_classes).float().repeat(repeats, 1)
-        images = torch.cat([images, lab_images])
+        if isinstance(images, PoolImages):
+            images = images.with_memory(labeled.images, torch.arange(len(labeled)).repeat(repeats))
+        else:
+            images = torch.cat([images, labeled.images.repeat(repeats, 1, 1, 1)])
         targets = torch.cat([targets, lab_targets])
         index = torch.cat([index, labeled.index.repeat(repeats)])
     data = ImageSet(images, torch.arange(len(images)), index)
@@ -133,15 +139,20 @@ def log_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame,
 
 
 def pool_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select, pool, round_number: int):
-    """Score a file pool (streamed, chunked), select, log label-free diagnostics, decode the selected files."""
-    scores = ctx.score_pool(teacher, pool, top_p=stage.top_p, batch_size=stage.score_batch_size,
-                            name=f"scores_round{round_number}").collect()  # selection takes a DataFrame
+    """Score a file pool (streamed, chunked, cached), select lazily, log label-free diagnostics.
+
+    The selected files are not decoded here: the student's batches read them.
+    """
+    who = stage.teacher if round_number == 1 else f"{stage.name} round {round_number - 1} student"
+    table = ctx.score_pool(teacher, pool, top_p=stage.top_p, batch_size=stage.score_batch_size,
+                           name=f"scores_round{round_number}", teacher=who)
+    scores = table.scan()
     selection = select(scores)
     if len(selection) == 0:
         raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
     log_pool_round(ctx, scores, selection, round_number)
     index = torch.from_numpy(selection["index"].to_numpy()).long()
-    images = pool.images(index, ctx.info.in_channels, ctx.info.image_size)
+    images = pool.files(index, ctx.info.in_channels, ctx.info.image_size)
     if stage.labels == "soft":
         targets = soft_targets(scores, index, ctx.info.num_classes)
     else:
@@ -149,17 +160,13 @@ def pool_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select, pool
     return images, index, targets
 
 
-def log_pool_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame, round_number: int):
-    """What can be known without labels: counts, mean confidence, classes covered, the class histogram."""
-    per_class = (selection.group_by("label").agg(pl.len().alias("selected"), pl.col("prob").mean().alias("mean_prob"))
-                 .sort("label"))
-    metrics = {"pseudo/selected_rows": float(len(selection)),
-               "pseudo/selected_images": float(selection["index"].n_unique()),
-               "pseudo/mean_confidence": float(selection["prob"].mean()),
-               "pseudo/classes_covered": float(len(per_class))}
-    metrics.update({f"pseudo/class_{int(r['label'])}/selected": float(r["selected"]) for r in per_class.to_dicts()})
+def log_pool_round(ctx: StageContext, scores: pl.LazyFrame, selection: pl.DataFrame, round_number: int):
+    """What can be known without labels: the pool's top-1 class histogram and confidence
+    distribution, and the selection's counts per class (``pool_diagnostics``)."""
+    metrics, per_class = pool_diagnostics(scores, selection)
     ctx.log_metrics(metrics, step=round_number)
-    log_selection(ctx, scores, selection)
+    ctx.log_figure(ctx.confidence_histogram(scores, selection["prob"].to_numpy()), "pseudo_labels/confidence.png")
+    ctx.log_table(selection, "pseudo_labels/selected.parquet")
     ctx.log_table(per_class, "pseudo_labels/per_class.csv")
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from mentor import DataNotFound, ImagePool
 from mentor.config import ConfigError, load_experiment
+from mentor.tracking.store import tracking_uri
 
 
 @pytest.fixture
@@ -107,13 +108,25 @@ def test_pseudo_label_on_a_pool_scores_selects_and_reuses(workdir, plugins, tiny
     config = _pool_experiment(tiny_config, pool_folder)
     results = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)
     assert "pl" in results
-    [table_dir] = [p.parent for p in workdir.rglob("scores_round1/meta.json")]
+    [table_dir] = [p.parent for p in (workdir / "mlruns" / "cache" / "scores").glob("*/meta.json")]
     import polars as pl
 
     scores = pl.read_parquet(sorted(table_dir.glob("chunk-*.parquet")))
     assert scores["index"].n_unique() == 45  # 46 files, the corrupt one skipped
-    skipped = pl.read_csv(table_dir / "skipped.csv")
+    skipped = pl.read_csv(sorted(table_dir.glob("chunk-*.skipped.csv")))
     assert skipped["path"].to_list() == [str(pool_folder / "broken.png")]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    [run] = [r for r in client.search_runs([client.get_experiment_by_name("ssl").experiment_id])
+             if r.data.tags.get("mentor.round") == "1"]
+    assert run.data.tags["mentor.scores.key"] == table_dir.name and run.data.tags["mentor.scores.reused"] == "false"
+    logged = {f.path for f in client.list_artifacts(run.info.run_id, "scores_round1")}
+    assert {"scores_round1/chunk-00000.parquet", "scores_round1/meta.json", "scores_round1/skipped.csv"} <= logged
+    m = run.data.metrics
+    assert m["pool/scored_images"] == 45 and m["pool/skipped"] == 1 and 0 < m["pool/confidence_p50"] <= 1
+    per_class = pl.read_csv(client.download_artifacts(run.info.run_id, "pseudo_labels/per_class.csv"))
+    assert per_class["top1_images"].sum() == 45 and per_class["selected"].sum() == m["pseudo/selected_rows"]
 
 
 
@@ -143,7 +156,8 @@ def _score(model, pool, folder, chunk_size=2):
 def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capfd):
     pool = plugins.registry.get("unlabeled_source", "image_folder").build(path=str(pool_folder))
     model = _Mean()
-    scores, skipped = _score(model, pool, tmp_path / "scores")
+    table = _score(model, pool, tmp_path / "scores")
+    scores, skipped = table.scan(), table.skipped()
     top1 = scores.filter(pl.col("rank") == 0).sort("index").collect()
     # by hand: red.jpg (luma ~76), wide (200) are bright? 76 < 128 -> 0; 200 -> 1; greys 0, 40, 80 -> 0
     assert top1["index"].to_list() == [0, 1, 2, 3, 4]
@@ -151,9 +165,22 @@ def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capf
     assert skipped["path"].to_list() == [str(pool_folder / "broken.png")]
     calls = model.calls
     capfd.readouterr()
-    again, _ = _score(model, pool, tmp_path / "scores")
+    again = _score(model, pool, tmp_path / "scores")
     assert model.calls == calls and "reusing pseudo-label table" in capfd.readouterr().err
-    assert again.collect().equals(scores.collect())
+    assert again.reused and again.folder == table.folder
+    assert again.scan().collect().equals(scores.collect())
+    from mentor.pool_scores import table_record
+
+    record = table_record(table.chunks[0])  # the file says what it is, wherever it is copied
+    assert record["key"] == table.folder.name and record["top_p"] == 2 and record["pool"]["count"] == 6
+    assert len(record["teacher_sha256"]) == 64
+
+    moved = torch.nn.Module.__new__(_Mean)  # another teacher (its bias changed): another table, scored afresh
+    moved.__init__()
+    with torch.no_grad():
+        moved.bias[0] = 0.5
+    other = _score(moved, pool, tmp_path / "scores")
+    assert not other.reused and other.folder != table.folder and moved.calls > 0
 
     class Interrupt(_Mean):
         def forward(self, x):
@@ -164,11 +191,13 @@ def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capf
     fresh = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         _score(Interrupt(), pool, fresh)
-    assert [p.name for p in sorted(fresh.glob("chunk-*.parquet"))] == ["chunk-00000.parquet"]
+    assert [p.name for p in sorted(fresh.glob("*/chunk-*.parquet"))] == ["chunk-00000.parquet"]
     resumed = _Mean()
-    table, _ = _score(resumed, pool, fresh)
+    capfd.readouterr()
+    table = _score(resumed, pool, fresh)
     assert resumed.calls == 2  # chunks 1 and 2 only (chunk 2 holds broken.png and g2.png)
-    assert table.sort("index", "rank").collect().equals(scores.sort("index", "rank").collect())
+    assert "1 of 3 chunks already scored" in capfd.readouterr().err
+    assert table.scan().sort("index", "rank").collect().equals(scores.sort("index", "rank").collect())
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])

@@ -298,6 +298,8 @@ class TrackingConfig(Params):
     )
     experiment: str | None = Field(default=None, description="MLflow experiment; default: name")
     checkpoint_dir: str = Field(default="mlruns/checkpoints", description="local resume state")
+    cache_dir: str = Field(default="mlruns/cache", description="tables shared by stages, runs and sweep trials "
+                           "(a teacher's scores of a pool), keyed by what they were computed from")
     log_model: bool = Field(default=True, description="log the final model as an MLflow model")
     register: RegisterConfig | None = Field(
         default=None, description="register the kept student in the MLflow model registry: a name, or "

@@ -161,6 +161,8 @@ def resident(images: torch.Tensor, device: torch.device, placement: str) -> bool
     """Whether a set is held on ``device`` (see ``Batches``)."""
     if placement not in ("auto", "device", "host"):
         raise ValueError(f"placement must be auto, device or host, got {placement!r}")
+    if not isinstance(images, torch.Tensor):
+        return False  # images read from files (PoolImages): DataLoader workers decode them on the host
     if placement != "auto":
         return placement == "device"
     if device.type != "cuda":

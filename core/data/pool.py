@@ -124,10 +124,88 @@ class ImagePool:
         for images, rows, bad in loader:
             yield images, self.index[rows], [(self.paths[r], e) for r, e in bad]
 
+    def rows_of(self, index: torch.Tensor) -> torch.Tensor:
+        """The pool rows holding ``index`` (a KeyError names an index the pool does not have)."""
+        if torch.equal(self.index, torch.arange(len(self.paths))):
+            bad = index[(index < 0) | (index >= len(self.paths))]
+            if len(bad):
+                raise KeyError(f"index {int(bad[0])} is not in this pool of {len(self.paths)} files")
+            return index.long()
+        lookup = {int(i): r for r, i in enumerate(self.index.tolist())}
+        return torch.tensor([lookup[int(i)] for i in index.tolist()], dtype=torch.long)
+
     def images(self, index: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
         """The images of the rows holding ``index`` (uint8 [M, C, H, W]); an undecodable one is an error here."""
-        lookup = {int(i): r for r, i in enumerate(self.index.tolist())}
-        return torch.stack([convert(read_image(self.paths[lookup[int(i)]]), channels, size) for i in index.tolist()])
+        return self.files(index, channels, size)[:]
+
+    def files(self, index: torch.Tensor, channels: int, size: tuple[int, int]) -> PoolImages:
+        """The rows holding ``index`` as ``PoolImages``: read from their files only when a batch asks."""
+        return PoolImages([self.paths[r] for r in self.rows_of(index).tolist()], channels, tuple(size))
+
+
+class PoolImages:
+    """uint8 ``[N, C, H, W]`` images that live in files and are decoded when indexed.
+
+    It stands in for an image tensor in an ``ImageSet``, so a student trains on
+    a selection drawn from a pool that never fits in memory: ``Batches`` keeps
+    it on the host and its DataLoader workers decode each batch's files (the
+    host-placement path). Row ``r`` is file ``order[r]``, or, past the files,
+    row ``order[r] - len(paths)`` of ``memory``. A file that cannot be decoded
+    here is an error: it was decoded once already when the pool was scored.
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+
+    def __init__(self, paths: list[str], channels: int, size: tuple[int, int],
+                 memory: torch.Tensor | None = None, order: torch.Tensor | None = None):
+        self.paths, self.channels, self.size = list(paths), channels, tuple(size)
+        self.memory = memory.cpu() if memory is not None else None
+        self.order = torch.arange(len(self.paths)) if order is None else order.long()
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.order), self.channels, *self.size))
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return 1
+
+    def to(self, device, *args, **kwargs) -> PoolImages:
+        if torch.device(device).type != "cpu":
+            raise ValueError("PoolImages are read on the host; batches move to the device")
+        return self
+
+    def with_memory(self, memory: torch.Tensor, rows: torch.Tensor) -> PoolImages:
+        """These files followed by ``rows`` of ``memory`` (uint8 [L, C, H, W], repeats allowed): labeled
+        images trained beside the pseudo-labeled ones. Only for files not combined before."""
+        if self.memory is not None:
+            raise ValueError("these PoolImages hold in-memory rows already")
+        order = torch.cat([self.order, len(self.paths) + rows.long()])
+        return PoolImages(self.paths, self.channels, self.size, memory, order)
+
+    def take_rows(self, rows) -> PoolImages:
+        """Some rows, still unread (what ``ImageSet.subset`` uses)."""
+        return PoolImages(self.paths, self.channels, self.size, self.memory, self.order[torch.as_tensor(rows)])
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        """Decode the rows asked for (a tensor, list, slice or int) into uint8 ``[M, C, H, W]``."""
+        picked = self.order[rows]
+        single = picked.ndim == 0
+        out = torch.stack([self._read(int(r)) for r in picked.reshape(-1).tolist()]) if picked.numel() else \
+            torch.empty((0, self.channels, *self.size), dtype=torch.uint8)
+        return out[0] if single else out
+
+    def _read(self, r: int) -> torch.Tensor:
+        if r >= len(self.paths):
+            return self.memory[r - len(self.paths)]
+        return convert(read_image(self.paths[r]), self.channels, self.size)
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -51,7 +51,8 @@ class ImageSet:
 
     def subset(self, rows: torch.Tensor) -> ImageSet:
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return ImageSet(self.images[rows], self.labels[rows], self.index[rows])
+        take = getattr(self.images, "take_rows", None)  # images read from files stay unread (PoolImages)
+        return ImageSet(take(rows) if take else self.images[rows], self.labels[rows], self.index[rows])
 
 
 @dataclass

@@ -188,13 +188,26 @@ def confusion_matrix_figure(cm: torch.Tensor, class_names: list[str] | None = No
 
 
 def confidence_histogram(scored: Any, selected: Any, bins: int = 20) -> Figure:
-    """Teacher confidence (top-1 probability) over all scored images and over the selected rows."""
+    """Teacher confidence (top-1 probability) over all scored images and over the selected rows.
+
+    ``scored`` is an array of confidences, or a scores table (polars, lazy or
+    not): then its rank-0 rows are counted per bin by polars, never loaded whole.
+    """
     import numpy as np
+    import polars as pl
 
     fig = _new_figure(6.0, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    ax.hist(np.asarray(scored, dtype=float), bins=edges, alpha=0.6, label=f"scored ({len(scored)})")
+    if isinstance(scored, pl.DataFrame | pl.LazyFrame):
+        counts = (scored.lazy().filter(pl.col("rank") == 0)
+                  .select(bin=(pl.col("prob") * bins).floor().clip(0, bins - 1).cast(pl.Int64))
+                  .group_by("bin").agg(n=pl.len()).collect())
+        weights = np.zeros(bins)
+        weights[counts["bin"].to_numpy()] = counts["n"].to_numpy()
+        ax.hist(edges[:-1], bins=edges, weights=weights, alpha=0.6, label=f"scored ({int(weights.sum())})")
+    else:
+        ax.hist(np.asarray(scored, dtype=float), bins=edges, alpha=0.6, label=f"scored ({len(scored)})")
     ax.hist(np.asarray(selected, dtype=float), bins=edges, alpha=0.6, label=f"selected ({len(selected)})")
     ax.set_xlabel("teacher confidence")
     ax.set_ylabel("images")
