@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mentor import DataNotFound, ImagePool
+from mentor import Batches, DataNotFound, ImagePool, ImageSet, find_images
 from mentor.config import ConfigError, load_experiment
 from mentor.tracking.store import tracking_uri
 
@@ -237,3 +237,99 @@ def test_a_relative_pool_path_is_read_from_the_experiment_files_folder(plugins, 
     assert exp.data.unlabeled.params["path"] == str(pool_folder.resolve())
     exp = load_experiment(path, ["data.unlabeled.params.path=pool"], registry=plugins.registry)
     assert exp.data.unlabeled.params["path"] == str((elsewhere / "pool").resolve())
+
+
+def test_label_stage_table_is_reused_by_a_pseudo_label_stage_and_a_later_run(workdir, pool_folder, capfd):
+    """teacher file + folder -> table (label stage); the same teacher and pool later read it, never score again;
+    the student trains jointly on soft targets read from the table and on files decoded batch by batch."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from mentor.cli import main
+
+    from .test_teachers import DATA, STUDENT, TEACHER, teacher_weights
+
+    torch.save(teacher_weights(), workdir / "teacher.pt")
+    selection = {"name": "top_k_per_class", "params": {"k": 2}}
+    config = {"name": "lab", "data": {**DATA, "unlabeled": {"source": "image_folder", "params": {"path": str(pool_folder)}}},
+              "models": {"teacher": {**TEACHER, "checkpoint": "teacher.pt"}, "student": STUDENT},
+              "stages": [{"name": "label", "kind": "label", "teacher": "teacher", "top_p": 2, "selection": selection},
+                         {"name": "pl", "kind": "pseudo_label", "teacher": "teacher", "student": "student",
+                          "top_p": 2, "selection": selection, "labels": "soft", "mode": "joint", "epochs": 1,
+                          "batch_size": 4}],
+              "engine": {"progress": "none"}, "tracking": {"log_model": False}}
+    path = workdir / "lab.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 0, capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert err.count("reusing pseudo-label table") == 1  # the pseudo_label stage, after the label stage
+
+    client = MlflowClient(tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name("lab").experiment_id])
+    label = next(r for r in runs if r.data.tags.get("mentor.stage") == "label" and "mentor.scores.key" in r.data.tags)
+    round1 = next(r for r in runs if r.data.tags.get("mentor.round") == "1")
+    key = label.data.tags["mentor.scores.key"]
+    assert label.data.tags["mentor.scores.reused"] == "false"
+    assert round1.data.tags["mentor.scores.key"] == key and round1.data.tags["mentor.scores.reused"] == "true"
+    assert label.data.metrics["pool/scored_images"] == 5 and label.data.metrics["pool/skipped"] == 1
+    assert label.data.metrics["pseudo/selected_rows"] == pytest.approx(
+        pl.read_parquet(client.download_artifacts(label.info.run_id, "pseudo_labels/selected.parquet")).height)
+    table = pl.read_parquet(client.download_artifacts(label.info.run_id, "scores/chunk-00000.parquet"))
+    assert table.height == 5 * 2 and set(table.columns) == {"index", "rank", "class", "prob"}
+
+    # by hand: the teacher's top-2 of one file, decoded by the pool rules and normalised by the data's statistics
+    from mentor.config import load_experiment
+    from mentor.pipeline import ExperimentRunner
+    from mentor_plugins.models.small_cnn import small_cnn
+
+    model = small_cnn(4, 1, channels=[8])
+    model.load_state_dict(torch.load(workdir / "teacher.pt"))
+    model.eval()
+    info = ExperimentRunner(load_experiment(path)).load_data().info
+    pool = ImagePool(find_images(pool_folder))
+    x = pool.images(torch.tensor([0]), 1, (8, 8)).float() / 255
+    with torch.no_grad():
+        probs = model((x - info.mean[0]) / info.std[0]).softmax(1)[0]
+    top = table.filter(pl.col("index") == 0).sort("rank")
+    assert top["class"].to_list() == probs.topk(2).indices.tolist()
+    assert top["prob"].to_list() == pytest.approx(probs.topk(2).values.tolist(), abs=1e-6)
+
+    assert main(["run", str(path), "--set", "seed=1"]) == 0, capfd.readouterr().err  # a later run
+    assert capfd.readouterr().err.count("reusing pseudo-label table") == 2
+    later = [r for r in client.search_runs([client.get_experiment_by_name("lab").experiment_id])
+             if r.data.tags.get("mentor.stage") == "label" and r.info.run_id != label.info.run_id
+             and "mentor.scores.key" in r.data.tags]
+    assert [r.data.tags["mentor.scores.reused"] for r in later] == ["true"]
+    assert later[0].data.tags["mentor.scores.key"] == key
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_selection_trains_from_its_files_batch_by_batch(pool_folder, workers, monkeypatch):
+    """PoolImages stand in for the image tensor: the same batches as the decoded set, each file read only
+    when its batch is cut, labeled in-memory rows appended by row number (joint mode)."""
+    import mentor.data.pool as pool_module
+
+    pool = ImagePool([p for p in find_images(pool_folder) if "broken" not in str(p)])
+    index = torch.tensor([4, 0, 2, 2])  # a selection: an image may appear twice
+    files = pool.files(index, 1, (8, 8))
+    assert files.shape == (4, 1, 8, 8) and len(files) == 4
+    decoded = pool.images(index, 1, (8, 8))
+    labeled = torch.full((2, 1, 8, 8), 7, dtype=torch.uint8)
+    joint = files.with_memory(labeled, torch.tensor([0, 1, 0]))
+    expected = torch.cat([decoded, labeled[[0, 1, 0]]])
+    assert torch.equal(joint[torch.arange(7)], expected)
+    data = ImageSet(joint, torch.arange(7))
+    assert torch.equal(data.subset(torch.tensor([6, 0])).images[:],
+                       expected[[6, 0]])
+
+    reads = []
+    real = pool_module.read_image
+    monkeypatch.setattr(pool_module, "read_image", lambda p: reads.append(p) or real(p))
+    lazy = Batches(data, 3, shuffle=True, seed=5, mean=(0.5,), std=(0.5,), workers=workers)
+    assert not lazy.resident
+    assert reads == []  # nothing is decoded before a batch is asked for
+    eager = Batches(ImageSet(expected, torch.arange(7)), 3, shuffle=True, seed=5, mean=(0.5,), std=(0.5,))
+    for (x, y), (ex, ey) in zip(lazy.epoch(1), eager.epoch(1), strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    if workers == 0:
+        assert len(reads) == 4  # the four file rows, once each in the epoch; the labeled rows are in memory
