@@ -54,9 +54,9 @@ def weights_sha256(model: nn.Module) -> str:
 
 
 def pool_fingerprint(pool: ImagePool) -> dict:
-    """Count and sha256 of (path, size, mtime) over the sorted paths."""
+    """Count and sha256 of (path, size, mtime) in the pool's order (an image's index is its position)."""
     h = hashlib.sha256()
-    for path in sorted(pool.paths):
+    for path in pool.paths:
         try:
             st = os.stat(path)
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -58,7 +58,7 @@ def test_path_list_resolves_relative_paths(plugins, pool_folder):
     table = pool_folder / "list.csv"
     pl.DataFrame({"path": ["a/g1.png", str(pool_folder / "a" / "g2.png")]}).write_csv(table)
     pool = plugins.registry.get("unlabeled_source", "path_list").build(path=str(table))
-    assert pool.paths == [str(pool_folder / "a" / "g1.png"), str(pool_folder / "a" / "g2.png")]
+    assert list(pool.paths) == [str(pool_folder / "a" / "g1.png"), str(pool_folder / "a" / "g2.png")]
     assert isinstance(pool, ImagePool)
 
 
@@ -251,7 +251,8 @@ def test_label_stage_table_is_reused_by_a_pseudo_label_stage_and_a_later_run(wor
 
     torch.save(teacher_weights(), workdir / "teacher.pt")
     selection = {"name": "top_k_per_class", "params": {"k": 2}}
-    config = {"name": "lab", "data": {**DATA, "unlabeled": {"source": "image_folder", "params": {"path": str(pool_folder)}}},
+    unlabeled = {"source": "image_folder", "params": {"path": str(pool_folder)}}
+    config = {"name": "lab", "data": {**DATA, "unlabeled": unlabeled},
               "models": {"teacher": {**TEACHER, "checkpoint": "teacher.pt"}, "student": STUDENT},
               "stages": [{"name": "label", "kind": "label", "teacher": "teacher", "top_p": 2, "selection": selection},
                          {"name": "pl", "kind": "pseudo_label", "teacher": "teacher", "student": "student",

@@ -16,10 +16,13 @@ and error, and ``ImagePool.batches`` callers collect them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,6 +97,40 @@ def _collate(items):
     return images, rows, bad
 
 
+class PathArray(Sequence[str]):
+    """File paths packed in two numpy arrays (UTF-8 bytes and offsets): about len(path) + 8 bytes a file.
+
+    A list of a million ``str`` takes several times that, and DataLoader workers
+    touching its objects' reference counts copy its pages one by one; numpy
+    buffers are read without being written, so forked workers share them.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike]):
+        data, offsets = bytearray(), array("q", [0])
+        for path in paths:
+            data += os.fsencode(path)
+            offsets.append(len(data))
+        self._data = np.frombuffer(bytes(data), dtype=np.uint8)
+        self._offsets = np.frombuffer(offsets, dtype=np.int64).copy()
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"path {i} of {len(self)}")
+        return os.fsdecode(self._data[self._offsets[i]:self._offsets[i + 1]].tobytes())
+
+    @property
+    def nbytes(self) -> int:
+        return self._data.nbytes + self._offsets.nbytes
+
+
 @dataclass
 class ImagePool:
     """Unlabeled image files; ``index`` (int64) is each file's row number, stable for a sorted list.
@@ -102,11 +139,12 @@ class ImagePool:
     DataLoader, ``images(rows)`` decodes just those rows.
     """
 
-    paths: list[str]
+    paths: Sequence[str]  # held as a PathArray
     index: torch.Tensor = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
-        self.paths = [str(p) for p in self.paths]
+        if not isinstance(self.paths, PathArray):
+            self.paths = PathArray(self.paths)
         if self.index is None:
             self.index = torch.arange(len(self.paths), dtype=torch.long)
 
@@ -208,6 +246,17 @@ class PoolImages:
         return convert(read_image(self.paths[r]), self.channels, self.size)
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` at any depth, sorted for a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def find_images(folder: Path) -> PathArray:
+    """Image files under ``folder`` at any depth, in sorted order (a folder's files and subfolders by name,
+    each subfolder's files where its name falls): the order of sorted paths, streamed, never all listed at once."""
+    return PathArray(_walk(os.fspath(folder)))
+
+
+def _walk(folder: str) -> Iterator[str]:
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path)
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+            yield entry.path
