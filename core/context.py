@@ -263,7 +263,7 @@ class StageContext:
         return self.state.pool
 
     def score_pool(self, model: nn.Module, pool, *, top_p: int, batch_size: int = 1024, name: str = "scores",
-                   teacher: str = "", log_table: bool = True):
+                   teacher: str = "", log_table: bool = True, chunk_size: int = 50_000):
         """The teacher's scores of ``pool`` (a ``ScoresTable``; ``.scan()`` reads it lazily).
 
         The table lives in ``tracking.cache_dir``, keyed by the teacher's weights,
@@ -278,7 +278,7 @@ class StageContext:
         table = score_pool(model, pool, Path(self.experiment.tracking.cache_dir) / "scores",
                            channels=self.info.in_channels, size=self.info.image_size, top_p=top_p,
                            batch_size=batch_size, mean=self.info.mean, std=self.info.std, runtime=self.runtime,
-                           chunk_size=self.pool_chunk_size, teacher=teacher)
+                           chunk_size=chunk_size, teacher=teacher)
         skipped = table.skipped()
         self.log_table(skipped, f"{name}/skipped.csv")
         self.tracker.log_dict(self.run_id, table.meta, f"{name}/meta.json")
@@ -289,8 +289,6 @@ class StageContext:
                                             "mentor.scores.reused": str(table.reused).lower()})
         self.log_metrics({"pool/skipped": float(len(skipped)), "pool/size": float(len(pool))})
         return table
-
-    pool_chunk_size = 50_000  # images per parquet chunk of a pool's scores
 
     # -- the loop -----------------------------------------------------------------
     def fit(self, task: TrainTask, model_key: str, cfg: TrainingConfig | None = None, *,

@@ -4,9 +4,9 @@ The table is a folder ``<cache>/scores/<key>/`` of ``chunk-NNNNN.parquet``
 files (``SCORES_SCHEMA``) beside ``meta.json``. ``key`` is a hash of what the
 scores depend on: the teacher's weights (sha256), the pool's fingerprint
 (count + sha256 of paths, sizes, mtimes), and the scoring settings (top-P,
-image shape, normalisation, precision, chunk size, the decoding rules'
-version). Any stage, run or sweep trial that scores the same pool with the
-same teacher and settings finds the same folder and reuses it; a changed
+image shape, normalisation, precision, the decoding rules' version). Any
+stage, run or sweep trial that scores the same pool with the same teacher
+and settings finds the same folder and reuses it; a changed
 teacher, pool or setting gives another key, so a table is never reused for
 something it was not computed from.
 
@@ -106,26 +106,32 @@ def score_pool(model: nn.Module, pool: ImagePool, cache: Path, *, channels: int,
     precision = str(runtime.autocast_dtype).removeprefix("torch.") if runtime.autocast_dtype else "float32"
     meta = {"teacher_sha256": weights_sha256(model), "pool": pool_fingerprint(pool), "top_p": top_p,
             "image_size": list(size), "channels": channels, "mean": [float(m) for m in mean],
-            "std": [float(s) for s in std], "precision": precision, "chunk_size": chunk_size,
-            "scoring_version": SCORING_VERSION}
+            "std": [float(s) for s in std], "precision": precision, "scoring_version": SCORING_VERSION}
     folder = Path(cache) / table_key(meta)
-    record = {**meta, "teacher": teacher, "key": folder.name}
-    n_chunks = (len(pool) + chunk_size - 1) // chunk_size
     meta_file = folder / "meta.json"
 
-    def prepare() -> bool:
-        """Rank 0: True when the table is complete already; else the folder is ready to fill."""
-        old = _read_meta(meta_file)
-        if old is not None and old.get("complete") and len(list(folder.glob("chunk-*.parquet"))) == n_chunks:
-            return True
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json(meta_file, {**record, "complete": False})
-        return False
+    def prepare() -> tuple[bool, int]:
+        """Rank 0: (whether the table is complete already, its chunk size); the folder is ready to fill.
 
-    if distributed.on_main(prepare):
+        The chunk size is not part of the key (it changes no score): the process
+        that starts a table picks it, and whoever resumes the table keeps it."""
+        old = _read_meta(meta_file)
+        size_of_table = int(old["chunk_size"]) if old and old.get("chunk_size") else chunk_size
+        n = (len(pool) + size_of_table - 1) // size_of_table
+        if old is not None and old.get("complete") and len(list(folder.glob("chunk-*.parquet"))) == n:
+            return True, size_of_table
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(meta_file, {**meta, "chunk_size": size_of_table, "teacher": teacher, "key": folder.name,
+                                "complete": False})
+        return False, size_of_table
+
+    complete, chunk_size = distributed.on_main(prepare)
+    record = {**meta, "chunk_size": chunk_size, "teacher": teacher, "key": folder.name}
+    if complete:
         print(f"reusing pseudo-label table {folder} (same teacher {meta['teacher_sha256'][:12]}, "
               f"pool of {len(pool)} files, same settings): not scoring again", file=sys.stderr)
         return ScoresTable(folder, record, reused=True, scored_chunks=0)
+    n_chunks = (len(pool) + chunk_size - 1) // chunk_size
     done = sum((folder / f"chunk-{c:05d}.parquet").exists() for c in range(n_chunks))
     if done and distributed.is_main():
         print(f"resuming pseudo-label table {folder}: {done} of {n_chunks} chunks already scored",
@@ -176,7 +182,8 @@ def _score_chunk(model, pool, folder, chunk, chunk_size, channels, size, top_p, 
     pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row").write_csv(skipped_tmp)
     skipped_tmp.replace(folder / f"chunk-{chunk:05d}.skipped.csv")
     tmp = folder / f".chunk-{chunk:05d}.{tag}.tmp"
-    table.write_parquet(tmp, metadata={METADATA_KEY: json.dumps({**record, "chunk": chunk})})
+    record = {**record, "chunk": chunk, "rank": distributed.rank()}
+    table.write_parquet(tmp, metadata={METADATA_KEY: json.dumps(record)})
     tmp.replace(folder / f"chunk-{chunk:05d}.parquet")  # the parquet file last: it marks the chunk done
 
 

@@ -34,6 +34,8 @@ class LabelStage(StageConfig):
     top_p: int = Field(default=10, ge=1, description="classes kept per scored image (the table: N x top_p rows)")
     selection: SelectionSpec | None = Field(default=None, description="also write the rows this strategy selects")
     score_batch_size: int = Field(default=1024, ge=1, description="images per scoring batch")
+    score_chunk_size: int = Field(default=50_000, ge=1, description="images per parquet chunk of a new table "
+                                  "(the unit of resuming; under torchrun, of sharding)")
     log_table: bool = Field(default=True, description="log the table's parquet chunks on the stage's run "
                             "(off for pools too large to copy into the artifact store)")
 
@@ -43,7 +45,8 @@ def run_label(stage: LabelStage, ctx: StageContext) -> StageResult:
     pool = ctx.unlabeled_pool()
     if pool is not None:
         table = ctx.score_pool(teacher, pool, top_p=stage.top_p, batch_size=stage.score_batch_size,
-                               name="scores", teacher=stage.teacher, log_table=stage.log_table)
+                               name="scores", teacher=stage.teacher, log_table=stage.log_table,
+                               chunk_size=stage.score_chunk_size)
         scores = table.scan()
     else:
         if len(ctx.splits.unlabeled) == 0:

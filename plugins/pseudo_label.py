@@ -59,6 +59,8 @@ class PseudoLabelStage(TrainingStageConfig):
     finetune: TrainingConfig | None = Field(default=None, description="then train on the labeled data only")
     rounds: int = Field(default=1, ge=1, description="Noisy Student: each round's student teaches the next")
     score_batch_size: int = Field(default=1024, ge=1)
+    score_chunk_size: int = Field(default=50_000, ge=1, description="a pool: images per parquet chunk of a new "
+                                  "scores table (the unit of resuming; under torchrun, of sharding)")
 
     @model_validator(mode="after")
     def _ratio_only_for_joint(self):
@@ -145,7 +147,7 @@ def pool_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select, pool
     """
     who = stage.teacher if round_number == 1 else f"{stage.name} round {round_number - 1} student"
     table = ctx.score_pool(teacher, pool, top_p=stage.top_p, batch_size=stage.score_batch_size,
-                           name=f"scores_round{round_number}", teacher=who)
+                           name=f"scores_round{round_number}", teacher=who, chunk_size=stage.score_chunk_size)
     scores = table.scan()
     selection = select(scores)
     if len(selection) == 0:

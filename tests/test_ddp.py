@@ -275,3 +275,44 @@ def test_resume_under_torchrun_matches_the_uninterrupted_run(reference, tmp_path
             assert all(torch.equal(fit["weights"][k], weights[k]) for k in weights), stage
     _, found = runs(tmp_path)
     assert len(found) == 4 and all(r.info.status == "FINISHED" for r in found)
+
+
+def test_pool_scoring_under_torchrun_shards_by_chunk_and_equals_one_process(tmp_path, monkeypatch):
+    """Each rank scores chunks rank, rank + 2, ... into one shared table, the same table one process writes."""
+    import polars as pl
+    from PIL import Image
+
+    from mentor.pool_scores import table_record
+    from mentor_plugins.models.small_cnn import small_cnn
+
+    from .conftest import SyntheticData
+
+    (tmp_path / "pool").mkdir()
+    for i, image in enumerate(synthetic_images(10, 3).images):
+        Image.fromarray(image[0].numpy()).save(tmp_path / "pool" / f"{i:02d}.png")
+    torch.manual_seed(0)
+    torch.save(small_cnn(4, 1, channels=[8, 8]).state_dict(), tmp_path / "teacher.pt")
+    c = copy.deepcopy(TINY)
+    c["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": str(tmp_path / "pool")}}
+    c["models"]["teacher"]["checkpoint"] = str(tmp_path / "teacher.pt")
+    c["stages"] = [{"name": "label", "kind": "label", "teacher": "teacher", "top_p": 2, "score_chunk_size": 3}]
+    c["tracking"] = {"log_model": False}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(c, sort_keys=False))
+    result = torchrun(tmp_path, "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [table] = (tmp_path / "mlruns" / "cache" / "scores").iterdir()
+    chunks = sorted(table.glob("chunk-*.parquet"))
+    assert [table_record(f)["rank"] for f in chunks] == [0, 1, 0, 1]  # 10 files in chunks of 3
+    two = pl.read_parquet(chunks).sort("index", "rank")
+
+    one_process = copy.deepcopy(c)
+    one_process["tracking"]["cache_dir"] = str(tmp_path / "one")
+    from mentor.pipeline import run_experiment
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    plugins = load_plugins(extra=[SyntheticData()])
+    run_experiment(validate_document(Document("t", one_process), plugins.registry), plugins)
+    one = pl.read_parquet(sorted((tmp_path / "one").glob("scores/*/chunk-*.parquet"))).sort("index", "rank")
+    assert one["index"].to_list() == two["index"].to_list() and one["class"].to_list() == two["class"].to_list()
+    assert one["prob"].to_list() == pytest.approx(two["prob"].to_list(), abs=1e-6)

@@ -168,6 +168,7 @@ def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capf
     again = _score(model, pool, tmp_path / "scores")
     assert model.calls == calls and "reusing pseudo-label table" in capfd.readouterr().err
     assert again.reused and again.folder == table.folder
+    assert _score(model, pool, tmp_path / "scores", chunk_size=4).reused  # the chunk size changes no score
     assert again.scan().collect().equals(scores.collect())
     from mentor.pool_scores import table_record
 
