@@ -335,3 +335,37 @@ def test_a_selection_trains_from_its_files_batch_by_batch(pool_folder, workers, 
         assert torch.equal(x, ex) and torch.equal(y, ey)
     if workers == 0:
         assert len(reads) == 4  # the four file rows, once each in the epoch; the labeled rows are in memory
+
+
+def test_a_killed_label_stage_resumes_its_scoring_from_the_last_written_chunk(workdir, pool_folder, capfd,
+                                                                              monkeypatch):
+    import yaml
+
+    import mentor.pool_scores as pool_scores
+    from mentor.cli import main
+
+    from .test_teachers import DATA, TEACHER, teacher_weights
+
+    torch.save(teacher_weights(), workdir / "teacher.pt")
+    config = {"name": "kill", "data": {**DATA, "unlabeled": {"source": "image_folder",
+                                                              "params": {"path": str(pool_folder)}}},
+              "models": {"teacher": {**TEACHER, "checkpoint": "teacher.pt"}},
+              "stages": [{"name": "label", "kind": "label", "teacher": "teacher", "top_p": 2, "score_chunk_size": 2}],
+              "engine": {"progress": "none"}}
+    path = workdir / "kill.yaml"
+    path.write_text(yaml.safe_dump(config))
+    real, scored = pool_scores._score_chunk, []
+
+    def dies_at_the_second_chunk(*args, **kwargs):
+        if scored:
+            raise KeyboardInterrupt  # Ctrl-C while chunk 1 is being scored
+        real(*args, **kwargs)
+        scored.append(args[3])
+
+    monkeypatch.setattr(pool_scores, "_score_chunk", dies_at_the_second_chunk)
+    assert main(["run", str(path)]) != 0
+    monkeypatch.setattr(pool_scores, "_score_chunk", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
+    capfd.readouterr()
+    assert main(["run", str(path), "--resume"]) == 0, capfd.readouterr().err
+    assert "1 of 3 chunks already scored" in capfd.readouterr().err
+    assert scored == [0, 1, 2]  # chunk 0 once, before the kill; then 1 and 2
