@@ -18,6 +18,8 @@ from torch import nn
 
 from mentor import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs, Params, hookimpl
 
+from .losses import standardize_logits
+
 # ---------------------------------------------------------------------------------------------
 # FitNets hint
 
@@ -154,7 +156,9 @@ def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
 class Attention(Loss):
     """Attention transfer (Zagoruyko & Komodakis 2017): match normalised spatial attention maps.
 
-    loss = mean over pairs of mean((a_s - a_t)^2). When a pair's spatial sizes differ, the larger
+    loss = sum over pairs of mean((a_s - a_t)^2), the mean over batch and positions, as RepDistiller
+    and mdistiller compute it (each pair has the published weight beta, so a recipe's ``weight: 1000``
+    is beta = 1000 per pair). When a pair's spatial sizes differ, the larger
     map is adaptively average-pooled to the smaller one before its attention map is taken (as
     RepDistiller does; per dimension here, so a student larger than its teacher is pooled to the
     teacher's (H, W), never upsampled). The published recipe (RepDistiller) weights this term by
@@ -192,7 +196,7 @@ class Attention(Loss):
                 f_t = F.adaptive_avg_pool2d(f_t, size)
             term = (attention_map(f_s, self.p) - attention_map(f_t, self.p)).pow(2).mean()
             total = term if total is None else total + term
-        return total / len(self.pairs)
+        return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +208,8 @@ class DKDParams(Params):
     beta: float = Field(default=8.0, ge=0, description="weight of NCKD (among non-target classes)")
     temperature: float = Field(default=4.0, gt=0, description="softening temperature T")
     warmup_epochs: int = Field(default=20, ge=0, description="linear ramp of the whole term over this many epochs")
+    standardize: bool = Field(default=False, description="logit standardization (Sun et al. 2024) of teacher and "
+                              "student logits before DKD")
 
 
 def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -256,12 +262,17 @@ class DKD(Loss):
 
     needs = frozenset({STUDENT_LOGITS, TEACHER_LOGITS, LABELS})
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 20):
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 20,
+                 standardize: bool = False):
         super().__init__()
         self.alpha, self.beta, self.temperature, self.warmup_epochs = alpha, beta, temperature, warmup_epochs
+        self.standardize = standardize
 
     def forward(self, out: Outputs) -> torch.Tensor:
-        tckd, nckd = dkd_parts(out.student_logits, out.teacher_logits, out.labels, self.temperature)
+        student, teacher = out.student_logits, out.teacher_logits
+        if self.standardize:
+            student, teacher = standardize_logits(student), standardize_logits(teacher)
+        tckd, nckd = dkd_parts(student, teacher, out.labels, self.temperature)
         epoch = getattr(out, "epoch", 0) or 0
         return warmup_factor(epoch, self.warmup_epochs) * (self.alpha * tckd + self.beta * nckd)
 

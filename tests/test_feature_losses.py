@@ -157,12 +157,15 @@ def test_attention_matches_hand_computation():
     assert math.isclose(value.item(), (b - a).pow(2).mean().item(), rel_tol=1e-5)
 
 
-def test_attention_is_mean_over_pairs_and_zero_for_identical():
+def test_attention_sums_over_pairs_as_published_and_is_zero_for_identical():
+    """RepDistiller/mdistiller: loss_kd = sum(loss_group) * beta; one pair's term is not divided by the pairs."""
     fs, ft = torch.tensor([FS]), torch.tensor([FT])
     loss = Attention(pairs=[("a", "x"), ("b", "y")], p=2.0)
     assert loss.student_nodes == ("a", "b") and loss.teacher_nodes == ("x", "y")
-    value = loss(at_outputs({"a": fs, "b": fs}, {"x": ft, "y": fs}))
-    assert math.isclose(value.item(), at_loss_by_hand(FS, FT, 2.0) / 2, rel_tol=1e-5)
+    value = loss(at_outputs({"a": fs, "b": fs}, {"x": ft, "y": fs}))  # pair 2 is identical: adds 0
+    assert math.isclose(value.item(), at_loss_by_hand(FS, FT, 2.0), rel_tol=1e-5)
+    both = loss(at_outputs({"a": fs, "b": ft}, {"x": ft, "y": fs}))  # two pairs each at the hand value
+    assert math.isclose(both.item(), 2 * at_loss_by_hand(FS, FT, 2.0), rel_tol=1e-5)
     f = torch.rand(3, 4, 5, 5)
     assert Attention(pairs=[("a", "x")])(at_outputs({"a": f}, {"x": f.clone()})).item() == 0.0
 
