@@ -21,6 +21,7 @@ from .config.schema import (
     TeacherRef,
     TrainingConfig,
     TrainingStageConfig,
+    WeightSchedule,
 )
 from .context import RunState, StageContext, StageResult, StopRun
 from .data.augment import BatchAugment
@@ -59,6 +60,7 @@ __all__ = [
     "ScheduleConfig",
     "AugmentConfig",
     "LossSpec",
+    "WeightSchedule",
     "SelectionSpec",
     "ModelKey",
     "StageName",

@@ -20,6 +20,7 @@ from mentor import (
     TeacherRef,
     TrainingStageConfig,
     TrainTask,
+    WeightSchedule,
     hookimpl,
     probe,
     teacher_model_key,
@@ -58,7 +59,7 @@ class DistillStage(TrainingStageConfig):
     @field_validator("losses")
     @classmethod
     def _some_weight(cls, losses: list[LossSpec]) -> list[LossSpec]:
-        if sum(spec.weight for spec in losses) <= 0:
+        if sum(spec.peak_weight for spec in losses) <= 0:
             raise ValueError("the loss weights sum to 0: the student would learn nothing; give a term a weight > 0")
         return losses
 
@@ -74,6 +75,10 @@ class DistillStage(TrainingStageConfig):
                 models[role] = registry.get("model", spec.name).factory(10, 3, **params)
         problems = []
         for i, spec in enumerate(self.losses):
+            if isinstance(spec.weight, WeightSchedule) and spec.weight.epochs > self.epochs:
+                problems.append((("losses", i, "weight", "epochs"),
+                                 f"the schedule ramps over {spec.weight.epochs} epochs but the stage trains "
+                                 f"{self.epochs}: it would never reach its end weight {spec.weight.end}"))
             loss = registry.get("loss", spec.name).factory(**spec.params)
             for role, nodes in (("student", loss.student_nodes), ("teacher", loss.teacher_nodes)):
                 if nodes and role in models:
@@ -95,7 +100,6 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
     student = ctx.build_model(stage.student, init=stage.init)
     names = _loss_names(stage.losses)
     losses = [ctx.build_loss(spec) for spec in stage.losses]
-    weights = [spec.weight for spec in stage.losses]
 
     student_nodes = [n for loss in losses for n in loss.student_nodes]
     teacher_nodes = [n for loss in losses for n in loss.teacher_nodes]
@@ -120,8 +124,12 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
         out = Outputs(student_logits=logits, labels=y if needs_labels else None, teacher_logits=t_logits,
                       student_features=s_features, teacher_features=t_features, epoch=epoch["now"])
         values = [loss(out) for loss in losses]
+        weights = [spec.weight_at(epoch["now"]) for spec in stage.losses]
         total = sum(w * v for w, v in zip(weights, values, strict=True))
-        return total, {f"loss/{n}": v for n, v in zip(names, values, strict=True)}
+        logged = {f"loss/{n}": v for n, v in zip(names, values, strict=True)}
+        logged.update({f"weight/{n}": torch.tensor(w) for n, w, spec in zip(names, weights, stage.losses, strict=True)
+                       if not isinstance(spec.weight, float | int)})  # a scheduled weight, as it was
+        return total, logged
 
     task = TrainTask(
         model=student, step=step, data=ctx.training_data(),

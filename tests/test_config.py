@@ -39,7 +39,7 @@ def problems(path, registry, overrides=()):
 def test_valid_file_resolves_defaults_and_names(write_yaml, tiny_config, plugins):
     exp = load_experiment(write_yaml(tiny_config), registry=plugins.registry)
     assert [s.name for s in exp.stages] == ["teacher", "student"]
-    assert exp.stages[1].losses[1].params == {"temperature": 2.0}
+    assert exp.stages[1].losses[1].params == {"temperature": 2.0, "standardize": False}
     # params models fill in their defaults so the logged config is complete
     assert exp.models["student"].params["dropout"] == 0.0
 

@@ -8,6 +8,7 @@ and each ``params`` block is validated by its component's own model.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -115,10 +116,46 @@ class ModelSpec(ComponentSpec):
             self.params.get("weights") is not None
 
 
+class WeightSchedule(Params):
+    """A loss weight that moves from ``start`` to ``end`` over the first ``epochs`` epochs, then stays.
+
+    At 0-based epoch e the ramp has gone p = min((e + 1) / epochs, 1) of the
+    way: linear start + (end - start) p, or cosine start + (end - start)
+    (1 - cos(pi p)) / 2. DKD's warm-up is {start: 0, end: 1, epochs: 20}
+    (mdistiller's min(epoch / 20, 1) with 1-based epochs); FitNets' annealed KD
+    weight is {start: 4, end: 1, epochs: <the stage's epochs>}.
+    """
+
+    start: float = Field(ge=0, allow_inf_nan=False, description="the weight in the first epoch's ramp")
+    end: float = Field(ge=0, allow_inf_nan=False, description="the weight from epoch `epochs` on")
+    epochs: int = Field(ge=1, description="epochs the ramp takes (at most the stage's epochs)")
+    shape: Literal["linear", "cosine"] = Field(default="linear", description="how the weight moves")
+
+    def at(self, epoch: int) -> float:
+        p = min((epoch + 1) / self.epochs, 1.0)
+        if self.shape == "cosine":
+            p = (1 - math.cos(math.pi * p)) / 2
+        return self.start + (self.end - self.start) * p
+
+    @property
+    def peak(self) -> float:
+        return max(self.start, self.end)
+
+
 class LossSpec(ComponentSpec):
     name: str
     kind: ClassVar[str] = "loss"
-    weight: float = Field(default=1.0, ge=0, description="the term's weight in the total loss")
+    weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | WeightSchedule = Field(
+        default=1.0, description="the term's weight in the total loss: a number, or a schedule "
+        "{start, end, epochs, shape: linear|cosine} over the stage's epochs")
+
+    def weight_at(self, epoch: int) -> float:
+        """The weight in 0-based epoch ``epoch``."""
+        return self.weight.at(epoch) if isinstance(self.weight, WeightSchedule) else self.weight
+
+    @property
+    def peak_weight(self) -> float:
+        return self.weight.peak if isinstance(self.weight, WeightSchedule) else self.weight
 
 
 class SelectionSpec(ComponentSpec):
