@@ -45,6 +45,9 @@ def cmd_run(args) -> int:
     experiment, plugins = _load(args.file, args.set)
     resume = args.resume is not None
     run_id = args.resume if args.resume not in (None, "latest") else None
+    seeds = args.seeds or experiment.seeds
+    if seeds:
+        return _run_seeds(args, experiment, plugins, seeds, resume)
     runner = ExperimentRunner(experiment, plugins)
     try:
         results = runner.run(resume=resume, resume_run_id=run_id, resume_changed=args.resume_changed)
@@ -68,6 +71,28 @@ def cmd_run(args) -> int:
     if getattr(runner, "registered", None):
         print(f"registered: {runner.registered} (a teacher elsewhere with `uri: {runner.registered}`)")
     print(f"compare runs with: mentor compare {experiment.tracking.experiment or experiment.name}")
+    return 0
+
+
+def _run_seeds(args, experiment, plugins, seeds: list[int], resume: bool) -> int:
+    from .seeds import SeedsError, run_seeds
+
+    try:
+        outcome = run_seeds(experiment, plugins, seeds, resume=resume)
+    except SeedsError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume"
+             + (f" --seeds {','.join(map(str, seeds))}" if args.seeds else ""))
+        return EXIT_INTERRUPTED
+    rows = outcome.summary.filter(outcome.summary["metric"] == "best/test/accuracy")
+    print(f"\ntest accuracy at the best val epoch over seeds {', '.join(map(str, seeds))} (mean +- std):")
+    for row in rows.iter_rows(named=True):
+        values = ", ".join(f"{v:.4f}" for v in row["values"])
+        print(f"{row['stage']:>20}: {row['mean']:.4f} +- {row['std']:.4f}  ({values})")
+    name = experiment.tracking.experiment or experiment.name
+    print(f"multi-seed run {outcome.run_id}; compare with: mentor compare {name} --level seeds")
     return 0
 
 
@@ -328,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_file(p)
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
                    help="continue the last unfinished run of this file (or the given parent run)")
+    p.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,...",
+                   help="run once per seed under one parent run that logs mean and std (overrides `seeds:`)")
     p.add_argument("--resume-changed", action="store_true",
                    help="with --resume RUN_ID: continue that run although the file or --set changed it")
     p.set_defaults(func=cmd_run)
@@ -374,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="test/accuracy")
     p.add_argument("--by", choices=["best", "last"], default="best",
                    help="best: at the epoch of best validation; last: final epoch")
-    p.add_argument("--level", choices=["stage", "experiment", "trial"], default="stage",
-                   help="stage runs, whole runs, or sweep trials (ranked by their objective)")
+    p.add_argument("--level", choices=["stage", "experiment", "trial", "seeds"], default="stage",
+                   help="stage runs, whole runs, sweep trials (ranked by their objective), or multi-seed runs "
+                   "(mean +- std per stage)")
     p.add_argument("--study", default=None, help="--level trial: only this study's trials")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--report", choices=["compression"], default=None,
@@ -420,6 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_ui)
     return parser
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds are distinct non-negative integers, e.g. 0,1,2; got {text!r}")
+    return seeds
 
 
 def _positive(text: str) -> int:

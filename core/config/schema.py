@@ -368,6 +368,10 @@ class ExperimentBase(Params):
     name: PathName
     description: str = ""
     seed: int = Field(default=0, ge=0, lt=2**63, description="every stage's seed unless it sets its own")
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] | None = Field(
+        default=None, min_length=1, description="run the experiment once per seed under one parent run, which "
+        "logs each metric's mean and std; each run's `seed` (and `data.split_seed`, unless the file sets it) is "
+        "the seed")
     data: DataConfig
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     stages: list[Any] = Field(min_length=1)
@@ -377,3 +381,10 @@ class ExperimentBase(Params):
     report: ReportConfig | None = Field(default=None, description="the compression report at the end of a run")
     # the file it was read from (a config.document.Document), so that errors found at run time are located too
     _document: Any = PrivateAttr(default=None)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds):
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat: {seeds}; each seed runs once")
+        return seeds

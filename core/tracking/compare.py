@@ -28,14 +28,15 @@ from .runs_table import (
     search_runs,
 )
 
-__all__ = ["BASE_SCHEMA", "compare", "compression_reports", "leaderboard", "render", "runs_table", "trial_leaderboard"]
+__all__ = ["BASE_SCHEMA", "compare", "compression_reports", "leaderboard", "render", "runs_table", "seeds_leaderboard",
+           "trial_leaderboard"]
 
 #: Summary metrics shown next to the ranked value when a stage run logged them.
 SUMMARY_COLUMNS = ("best/val/accuracy", "best/test/accuracy", "last/test/accuracy")
 
 _BY = ("best", "last")
 _LEVELS = ("stage", "experiment")
-LEVELS = (*_LEVELS, "trial")  # what compare() takes
+LEVELS = (*_LEVELS, "trial", "seeds")  # what compare() takes
 
 
 def _metric_keys(metric: str, by: str) -> tuple[str, str | None]:
@@ -181,6 +182,43 @@ def _experiment_board(table: pl.DataFrame, stages: pl.DataFrame) -> pl.DataFrame
                         "run_id", "start_time")
 
 
+# --------------------------------------------------------------------------- multi-seed runs
+
+
+def seeds_leaderboard(experiment: str, *, metric: str = "test/accuracy", by: str = "best",
+                      tracking_uri: str | None = None) -> pl.DataFrame:
+    """One row per multi-seed run (``mentor run --seeds``) and stage: the metric's mean, sample std,
+    count, min and max over the seeds' runs, best mean first. Columns ``rank, stage, mean, std, n,
+    min, max, seeds, status, run_id, start_time`` (run_id and status: the multi-seed parent's)."""
+    table = runs_table(experiment, tracking_uri)
+    primary, fallback = _metric_keys(metric, by)
+    schema = {"rank": pl.UInt32(), "stage": pl.String(), "mean": pl.Float64(), "std": pl.Float64(),
+              "n": pl.UInt32(), "min": pl.Float64(), "max": pl.Float64(), "seeds": pl.String(),
+              "status": pl.String(), "run_id": pl.String(), "start_time": BASE_SCHEMA["start_time"]}
+    groups = table.filter(pl.col("kind") == "seeds")
+    sources = [c for c in (primary, fallback) if _present(table, c)]
+    if groups.is_empty() or not sources:
+        if not groups.is_empty():
+            raise ValueError(f"metric {metric!r} was not logged by any stage of experiment {experiment!r}")
+        return pl.DataFrame(schema=schema)
+    members = table.filter(pl.col("kind") == "experiment").select(
+        pl.col("run_id").alias("member"), pl.col("parent_run_id").alias("group"))
+    stages = (table.filter(pl.col("kind") == "stage")
+              .with_columns(pl.coalesce([pl.col(c) for c in sources]).alias("value"))
+              .join(members, left_on="parent_run_id", right_on="member")
+              .filter(pl.col("group").is_in(groups["run_id"].to_list()) & pl.col("value").is_not_null()))
+    board = (stages.group_by("group", "stage").agg(
+        mean=pl.col("value").mean(), std=pl.col("value").std(ddof=1).fill_null(0.0), n=pl.len(),
+        min=pl.col("value").min(), max=pl.col("value").max())
+        .join(groups.select(pl.col("run_id").alias("group"), pl.col("run_name").alias("seeds"), "status",
+                            "start_time"), on="group")
+        .rename({"group": "run_id"})
+        .sort(["mean", "start_time"], descending=[True, False])
+        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).alias("rank"),
+                      pl.col("n").cast(pl.UInt32)))
+    return board.select(list(schema))
+
+
 # --------------------------------------------------------------------------- sweep trials
 
 
@@ -278,6 +316,8 @@ def compare(experiments: str | list[str], *, level: str = "stage", metric: str =
     for name in names:
         if level == "trial":
             board = trial_leaderboard(name, study=study, tracking_uri=tracking_uri)
+        elif level == "seeds":
+            board = seeds_leaderboard(name, metric=metric, by=by, tracking_uri=tracking_uri)
         else:
             board = leaderboard(name, metric=metric, by=by, tracking_uri=tracking_uri, level=level)
         boards.append(board)
@@ -285,7 +325,10 @@ def compare(experiments: str | list[str], *, level: str = "stage", metric: str =
         return boards[0]
     stacked = pl.concat([b.with_columns(pl.lit(n, dtype=pl.String()).alias("experiment"))
                          for n, b in zip(names, boards, strict=True)], how="diagonal_relaxed")
-    if level != "trial":
+    if level == "seeds":
+        stacked = stacked.sort(["mean", "start_time"], descending=[True, False]).with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).alias("rank"))
+    elif level != "trial":
         stacked = stacked.sort(["value", "start_time"], descending=[True, False], nulls_last=True).with_columns(
             pl.when(pl.col("value").is_not_null())
             .then(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32))
