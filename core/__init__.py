@@ -37,7 +37,7 @@ from .engine.optim import build_optimizer, build_scheduler, lr_factor
 from .engine.runtime import Runtime, autocast
 from .features import FeatureError, FeatureTap, probe
 from .hookspecs import hookimpl
-from .losses import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
+from .losses import INDEX, LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
 from .params import FilePath, NoParams, Params
 from .pseudo_labels import pool_diagnostics, soft_targets
 from .registry import unknown_name_message
@@ -92,6 +92,7 @@ __all__ = [
     "STUDENT_LOGITS",
     "TEACHER_LOGITS",
     "LABELS",
+    "INDEX",
     "FeatureTap",
     "FeatureError",
     "probe",

@@ -11,6 +11,7 @@ from torch import nn
 STUDENT_LOGITS = "student_logits"
 TEACHER_LOGITS = "teacher_logits"
 LABELS = "labels"
+INDEX = "index"  # each row's position in the stage's training set: keys a loss's per-sample memory
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Outputs:
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch: int = 0  # 0-based epoch of the stage, for losses with a warm-up
+    index: torch.Tensor | None = None  # [B] rows of the training set, for losses that need INDEX
 
 
 class Loss(nn.Module):
@@ -34,10 +36,15 @@ class Loss(nn.Module):
     stage runs the teacher only when some loss needs it and extracts only the
     named features. A loss with parameters of its own creates them in
     ``build`` from the probed feature shapes; they train with the student and
-    are not exported with it.
+    are not exported with it. A loss that keeps a memory per training sample
+    (CRD's bank) declares ``INDEX``: the stage then sets ``dataset_size`` (the
+    training set's rows) before ``build`` and passes each batch's rows as
+    ``Outputs.index``.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({STUDENT_LOGITS, LABELS})
+
+    dataset_size: int | None = None
 
     def __init__(self):
         super().__init__()

@@ -7,10 +7,12 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from mentor import (
+    INDEX,
     LABELS,
     TEACHER_LOGITS,
     FeatureError,
     FeatureTap,
+    ImageSet,
     LossSpec,
     ModelKey,
     Outputs,
@@ -101,6 +103,15 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
     names = _loss_names(stage.losses)
     losses = [ctx.build_loss(spec) for spec in stage.losses]
 
+    data = ctx.training_data()
+    needs_index = any(INDEX in loss.needs for loss in losses)
+    labels_of_rows = None
+    if needs_index:  # a per-sample memory (CRD): batches carry row numbers, the labels are looked up
+        labels_of_rows = data.labels.to(ctx.device)
+        data = ImageSet(data.images, torch.arange(len(data)), data.index)
+        for loss in losses:
+            loss.dataset_size = len(data)
+
     student_nodes = [n for loss in losses for n in loss.student_nodes]
     teacher_nodes = [n for loss in losses for n in loss.teacher_nodes]
     student_tap = FeatureTap(student, student_nodes, "student")
@@ -109,20 +120,26 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
         example = ctx.example()
         student_shapes = probe(student, example, student_nodes) if student_nodes else {}
         teacher_shapes = probe(teacher, example, teacher_nodes) if teacher_nodes else {}
-        for loss in losses:
-            loss.build(student_shapes, teacher_shapes)
+        for i, loss in enumerate(losses):
+            try:
+                loss.build(student_shapes, teacher_shapes)
+            except ValueError as exc:  # a bad parameter for this model or data: located, before training
+                raise ctx.config_error(("stages", ctx.index, "losses", i, "params"), str(exc)) from None
     run_teacher = bool(teacher_nodes) or any(TEACHER_LOGITS in loss.needs for loss in losses)
     needs_labels = any(LABELS in loss.needs for loss in losses)
     epoch = {"now": 0}
 
     def step(x, y):
+        rows = None
+        if needs_index:
+            rows, y = y, labels_of_rows[y]
         logits, s_features = student_tap(x)
         t_logits, t_features = None, {}
         if run_teacher:
             with torch.no_grad():
                 t_logits, t_features = teacher_tap(x)
         out = Outputs(student_logits=logits, labels=y if needs_labels else None, teacher_logits=t_logits,
-                      student_features=s_features, teacher_features=t_features, epoch=epoch["now"])
+                      student_features=s_features, teacher_features=t_features, epoch=epoch["now"], index=rows)
         values = [loss(out) for loss in losses]
         weights = [spec.weight_at(epoch["now"]) for spec in stage.losses]
         total = sum(w * v for w, v in zip(weights, values, strict=True))
@@ -132,7 +149,7 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
         return total, logged
 
     task = TrainTask(
-        model=student, step=step, data=ctx.training_data(),
+        model=student, step=step, data=data,
         extra={"losses": nn.ModuleList(losses)},  # regressors: trained, checkpointed, not exported
         frozen={"teacher": teacher},
         on_epoch=lambda e: epoch.update(now=e),
