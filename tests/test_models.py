@@ -131,7 +131,8 @@ def test_dropout_is_validated_and_applied():
         with pytest.raises(ValidationError):
             COMPONENTS[name][1].model_validate({"dropout": 1.5})
     model = build("wrn_16_2", 10, 3, dropout=0.3)
-    assert {m.p for m in model.modules() if isinstance(m, nn.Dropout)} == {0.3}
+    assert {m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout) and n.startswith("layer")} == {0.3}
+    assert model.head_dropout.p == 0.0  # the classifier's dropout is its own parameter
 
 
 def test_unknown_params_are_rejected():
@@ -297,3 +298,26 @@ def test_stochastic_depth_drops_residual_branches_in_training_only():
         torch.manual_seed(0)
         outs = [noisy(x) for _ in range(2)]
         assert not torch.allclose(outs[0], outs[1])  # different blocks dropped on each pass
+
+
+def test_wrn_head_dropout_drops_before_the_classifier_only():
+    """The MPL/UDA WRN-28-2: dropout on the pooled features, none inside the blocks."""
+    import torch
+    from torch import nn
+
+    from mentor_plugins.models.wrn import wrn_28_2
+
+    torch.manual_seed(0)
+    model = wrn_28_2(10, 3, head_dropout=0.5)
+    inside = [m.p for name, m in model.named_modules() if isinstance(m, nn.Dropout) and name.startswith("layer")]
+    assert inside and set(inside) == {0.0} and model.head_dropout.p == 0.5
+    plain = wrn_28_2(10, 3)
+    plain.load_state_dict(model.state_dict())  # no new parameters: the same weights load either way
+    x = torch.randn(4, 3, 32, 32)
+    model.eval(), plain.eval()
+    assert torch.equal(model(x), plain(x))
+    model.train()
+    seen = {}
+    model.fc.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    model(x)
+    assert ((seen["x"] == 0).float().mean() > 0.3)  # about half the pooled features dropped

@@ -9,7 +9,9 @@ Architecture ``WRN-d-k``: a 3x3 stem of 16 channels, then three stages of
 conv3x3) with 16k, 32k, 64k channels at strides 1, 2, 2, a final BN-ReLU,
 global average pooling and a linear layer. A block that changes shape projects
 its (pre-activated) input with a 1x1 convolution. ``dropout`` sits between the
-two convolutions of each block, as in the paper.
+two convolutions of each block, as in the paper; ``head_dropout`` before the
+linear layer only, as in the official Meta Pseudo Labels and FixMatch/UDA
+code's WRN-28-2 (no dropout inside the blocks there).
 
 Feature extraction: no in-place operations and no data-dependent control flow
 (a block's shortcut choice is fixed at construction), so it traces with
@@ -18,6 +20,7 @@ Feature extraction: no in-place operations and no data-dependent control flow
 
 from __future__ import annotations
 
+from pydantic import Field
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
@@ -25,7 +28,11 @@ from ._common import ResidualParams, drop_rates, init_weights
 
 
 class WideResNetParams(ResidualParams):
-    """Wide ResNet parameters: ``dropout`` between the two convolutions of every block."""
+    """Wide ResNet parameters: ``dropout`` between the two convolutions of every block, ``head_dropout``
+    before the classifier."""
+
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the final linear layer only "
+                                "(the MPL/UDA recipes' placement)")
 
 
 class PreActBlock(nn.Module):
@@ -58,10 +65,10 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """``stem`` -> ``layer1..3`` -> ``norm`` -> ``relu`` -> ``pool`` -> ``fc``."""
+    """``stem`` -> ``layer1..3`` -> ``norm`` -> ``relu`` -> ``pool`` -> ``flatten`` -> ``head_dropout`` -> ``fc``."""
 
     def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int = 3,
-                 dropout: float = 0.0, stochastic_depth: float = 0.0):
+                 dropout: float = 0.0, stochastic_depth: float = 0.0, head_dropout: float = 0.0):
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"Wide ResNet depth must be 6n+4, got {depth}")
@@ -76,6 +83,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
+        self.head_dropout = nn.Dropout(head_dropout)
         self.fc = nn.Linear(widths[3], num_classes)
         init_weights(self)
 
@@ -93,31 +101,31 @@ class WideResNet(nn.Module):
         x = self.layer3(x)
         x = self.relu(self.norm(x))
         x = self.flatten(self.pool(x))
-        return self.fc(x)
+        return self.fc(self.head_dropout(x))
 
 
 def wrn_16_2(num_classes: int, in_channels: int, dropout: float = 0.0,
-             stochastic_depth: float = 0.0) -> WideResNet:
+             stochastic_depth: float = 0.0, head_dropout: float = 0.0) -> WideResNet:
     """WRN-16-2 (32-64-128 channels, ~0.70M parameters)."""
-    return WideResNet(16, 2, num_classes, in_channels, dropout, stochastic_depth)
+    return WideResNet(16, 2, num_classes, in_channels, dropout, stochastic_depth, head_dropout)
 
 
 def wrn_28_2(num_classes: int, in_channels: int, dropout: float = 0.0,
-             stochastic_depth: float = 0.0) -> WideResNet:
+             stochastic_depth: float = 0.0, head_dropout: float = 0.0) -> WideResNet:
     """WRN-28-2 (32-64-128 channels, ~1.47M parameters at 10 classes)."""
-    return WideResNet(28, 2, num_classes, in_channels, dropout, stochastic_depth)
+    return WideResNet(28, 2, num_classes, in_channels, dropout, stochastic_depth, head_dropout)
 
 
 def wrn_40_1(num_classes: int, in_channels: int, dropout: float = 0.0,
-             stochastic_depth: float = 0.0) -> WideResNet:
+             stochastic_depth: float = 0.0, head_dropout: float = 0.0) -> WideResNet:
     """WRN-40-1 (16-32-64 channels, ~0.57M parameters)."""
-    return WideResNet(40, 1, num_classes, in_channels, dropout, stochastic_depth)
+    return WideResNet(40, 1, num_classes, in_channels, dropout, stochastic_depth, head_dropout)
 
 
 def wrn_40_2(num_classes: int, in_channels: int, dropout: float = 0.0,
-             stochastic_depth: float = 0.0) -> WideResNet:
+             stochastic_depth: float = 0.0, head_dropout: float = 0.0) -> WideResNet:
     """WRN-40-2 (32-64-128 channels, ~2.2M parameters)."""
-    return WideResNet(40, 2, num_classes, in_channels, dropout, stochastic_depth)
+    return WideResNet(40, 2, num_classes, in_channels, dropout, stochastic_depth, head_dropout)
 
 
 FACTORIES = {
