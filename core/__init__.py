@@ -11,6 +11,7 @@ is private and may change at any time.
 from .config.loader import teacher_model_key, trained_model_key
 from .config.schema import (
     AugmentConfig,
+    CallbackSpec,
     LossSpec,
     ModelKey,
     OptimizerConfig,
@@ -62,6 +63,7 @@ __all__ = [
     "LossSpec",
     "WeightSchedule",
     "SelectionSpec",
+    "CallbackSpec",
     "ModelKey",
     "StageName",
     "TeacherRef",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,12 @@ class StageContext:
                                         f"has {self.info.num_classes}")
         return model.to(self.device).eval()
 
+    def stop_stage(self, reason: str) -> None:
+        """End the current training loop after this epoch (a callback's early stop): the fit returns its
+        kept weights as usual, the stage finishes and the run goes on. ``reason`` becomes the stage run's
+        ``mentor.stopped_early`` tag. A resumed run does not train the stopped loop further."""
+        self.stop_reason = str(reason) or "stopped by a callback"
+
     def config_error(self, path: tuple, message: str) -> ConfigError:
         """An error about the experiment file found at run time, located like ``mentor validate``'s
         (file:line:col and dotted path); the CLI reports it with exit code 2."""
@@ -309,10 +316,13 @@ class StageContext:
             checkpoint.load_weights(task.model, checkpoint.load(result.weights), result.weights)
             return result
 
-        def report(epoch: int, metrics: dict[str, float]) -> None:
+        self.stop_reason = None
+
+        def report(epoch: int, metrics: dict[str, float]) -> str | None:
             self.tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
                                      step=step_offset + epoch)
             self.hook.on_epoch_end(stage=self.stage, ctx=self, epoch=epoch, metrics=metrics)
+            return self.stop_reason
 
         result: FitResult = fit(
             task, cfg, stage=f"{self.stage.name}/{phase}" if phase else self.stage.name, seed=self.seed,
@@ -320,6 +330,11 @@ class StageContext:
             augment=self.augment_config(cfg), runtime=self.runtime,
             checkpoint_path=folder / "checkpoint.pt", report=report,
         )
+        if result.stopped:
+            print(f"[{self.stage.name}{'/' + phase if phase else ''}] stopped after epoch "
+                  f"{len(result.history)} of {cfg.epochs}: {result.stopped}", file=sys.stderr)
+            self.tracker.set_tags(self.run_id, {"mentor.stopped_early": result.stopped})
+            self.tracker.log_metrics(self.run_id, {"stopped/epoch": float(len(result.history))})
         weights = folder / "final.pt"
         model = getattr(task.model, "_orig_mod", task.model)
         if cfg.keep == "best" and result.best_state is not None:  # the weights the best/* metrics measured

@@ -99,6 +99,19 @@ def register_methods(register):
     """
 
 
+@hookspec
+def register_callbacks(register):
+    """Register callbacks: lifecycle-hook plugins an experiment file turns on by name.
+
+    ``factory(**params) -> object`` whose methods are ``@mentor.hookimpl``
+    implementations of the lifecycle hooks below. An experiment's
+    ``callbacks: [{name, params}]`` builds one object per entry for the run
+    and registers it for the run's duration. A callback ends the current
+    training loop early with ``ctx.stop_stage(reason)`` (the stage then
+    finishes normally), or the whole run by raising ``mentor.StopRun``.
+    """
+
+
 # --- lifecycle ----------------------------------------------------------------
 
 

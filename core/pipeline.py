@@ -214,6 +214,9 @@ class ExperimentRunner:
         hook = self.plugins.hook
         status = "FAILED"
         stage_run = None
+        callbacks = [self.plugins.registry.get("callback", spec.name).factory(**spec.params) for spec in exp.callbacks]
+        for callback in callbacks:
+            self.plugins.manager.register(callback)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             state = self.state()
@@ -252,7 +255,11 @@ class ExperimentRunner:
                 if stage_run:
                     self.tracker.end_run(stage_run, status)
                 self.tracker.end_run(self.parent, status)
-            hook.on_experiment_end(experiment=exp, run_id=self.parent, results=self.results, status=status)
+            try:
+                hook.on_experiment_end(experiment=exp, run_id=self.parent, results=self.results, status=status)
+            finally:
+                for callback in callbacks:
+                    self.plugins.manager.unregister(callback)
         return self.results
 
     @staticmethod

@@ -29,6 +29,7 @@ _REGISTRATION_HOOKS = {
     "register_unlabeled_sources": "unlabeled_source",
     "register_selection_strategies": "selection",
     "register_methods": "method",
+    "register_callbacks": "callback",
 }
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from .params import NoParams
 
-KINDS = ("model", "loss", "data_source", "unlabeled_source", "selection", "method")
+KINDS = ("model", "loss", "data_source", "unlabeled_source", "selection", "method", "callback")
 
 
 class PluginConflict(Exception):

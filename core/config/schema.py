@@ -163,6 +163,13 @@ class SelectionSpec(ComponentSpec):
     kind: ClassVar[str] = "selection"
 
 
+class CallbackSpec(ComponentSpec):
+    """A lifecycle-hook plugin (``register_callbacks``) with its own validated parameters."""
+
+    name: str
+    kind: ClassVar[str] = "callback"
+
+
 class RandAugmentConfig(Params):
     num_ops: int = Field(default=2, ge=1, description="ops applied to each image")
     magnitude: int = Field(default=9, ge=0, le=30, description="strength of each op (0-30)")
@@ -379,6 +386,8 @@ class ExperimentBase(Params):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     search: SearchConfig | None = Field(default=None, description="hyperparameter search (`mentor sweep`)")
     report: ReportConfig | None = Field(default=None, description="the compression report at the end of a run")
+    callbacks: list[CallbackSpec] = Field(default_factory=list, description="lifecycle-hook plugins for this run "
+                                          "(e.g. early_stopping), see `mentor plugins`")
     # the file it was read from (a config.document.Document), so that errors found at run time are located too
     _document: Any = PrivateAttr(default=None)
 

@@ -85,6 +85,7 @@ class FitResult:
     best: dict[str, float]
     last: dict[str, float]
     best_state: dict[str, torch.Tensor] | None = None  # the model's weights at the best epoch, on the CPU
+    stopped: str | None = None  # why a callback ended the loop early (ctx.stop_stage), if one did
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -246,7 +247,7 @@ def fit(
     step_fn = torch.compile(task.step) if runtime.compile and not task.manual else task.step
     step_fn = data_parallel(task, step_fn, runtime)
 
-    start, history, best, best_state = 0, [], {}, None
+    start, history, best, best_state, stopped = 0, [], {}, None, None
     distributed.barrier()  # no rank looks for the checkpoint once rank 0 may be writing this stage's
     if checkpoint_path.is_file():
         state = checkpoint.load(checkpoint_path)
@@ -260,6 +261,9 @@ def fit(
             obj.load_state_dict(state["state"][name])
         start, history, best = state["epoch"], state["history"], state["best"]
         best_state = state.get("best_model")
+        stopped = state.get("stopped")
+        if stopped:  # stopped early by a callback before the run was interrupted: it stays stopped
+            start = cfg.epochs
 
     progress = Progress(runtime.progress if distributed.is_main() else "none", stage, cfg.epochs, len(train))
     try:
@@ -334,7 +338,13 @@ def fit(
                     checkpoint_path,
                 )
             progress.end_epoch(epoch, metrics)
-            report(epoch, metrics)
+            stopped = report(epoch, metrics)
+            if stopped:  # a callback ended this loop: say so in the checkpoint, so a resume does not go on
+                if distributed.is_main():
+                    state = checkpoint.load(checkpoint_path)
+                    checkpoint.save_atomic({**state, "stopped": stopped}, checkpoint_path)
+                break
     finally:
         progress.close()
-    return FitResult(history=history, best=best, last=history[-1] if history else {}, best_state=best_state)
+    return FitResult(history=history, best=best, last=history[-1] if history else {}, best_state=best_state,
+                     stopped=stopped)
