@@ -8,91 +8,25 @@ traceback; set MENTOR_DEBUG=1 to see one anyway.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from .cli_common import EXIT_INTERRUPTED, EXIT_USAGE, err, load
+from .inspect_commands import cmd_layers, cmd_plugins, cmd_schema
+from .run_command import cmd_run
+
+__all__ = ["build_parser", "cmd_layers", "cmd_plugins", "cmd_run", "cmd_schema", "main"]
 
 
-def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _load(path: str, overrides: list[str]):
-    from .config import load_experiment
-    from .plugins import default_plugins
-
-    plugins = default_plugins()
-    return load_experiment(path, overrides, plugins.registry), plugins
 
 
 def cmd_validate(args) -> int:
-    experiment, _ = _load(args.file, args.set)
+    experiment, _ = load(args.file, args.set)
     names = ", ".join(f"{s.name} ({s.kind})" for s in experiment.stages)
     print(f"{args.file}: valid. experiment '{experiment.name}', stages: {names}")
-    return 0
-
-
-def cmd_run(args) -> int:
-    from .engine.distributed import is_main
-    from .pipeline import ExperimentRunner
-
-    experiment, plugins = _load(args.file, args.set)
-    resume = args.resume is not None
-    run_id = args.resume if args.resume not in (None, "latest") else None
-    seeds = args.seeds or experiment.seeds
-    if seeds:
-        return _run_seeds(args, experiment, plugins, seeds, resume)
-    runner = ExperimentRunner(experiment, plugins)
-    try:
-        results = runner.run(resume=resume, resume_run_id=run_id, resume_changed=args.resume_changed)
-    except KeyboardInterrupt:
-        if is_main():  # under torchrun, rank 0 speaks for all
-            _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume")
-        return EXIT_INTERRUPTED
-    if not is_main():
-        return 0
-    for name, result in results.items():
-        best = result.metrics.get("best/test/accuracy")
-        last = result.metrics.get("last/test/accuracy")
-        if best is not None:
-            print(f"{name:>20}: test accuracy {last:.4f} (last), {best:.4f} (at best val epoch)")
-    if getattr(runner, "report", None) is not None:
-        from .deploy.measure import machine
-        from .deploy.report import terminal
-
-        print(f"\ncompression report, measured on {machine()} (report/compression.md of the run):")
-        print(terminal(runner.report))
-    if getattr(runner, "registered", None):
-        print(f"registered: {runner.registered} (a teacher elsewhere with `uri: {runner.registered}`)")
-    print(f"compare runs with: mentor compare {experiment.tracking.experiment or experiment.name}")
-    return 0
-
-
-def _run_seeds(args, experiment, plugins, seeds: list[int], resume: bool) -> int:
-    from .seeds import SeedsError, run_seeds
-
-    try:
-        outcome = run_seeds(experiment, plugins, seeds, resume=resume)
-    except SeedsError as exc:
-        _err(f"error: {exc}")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume"
-             + (f" --seeds {','.join(map(str, seeds))}" if args.seeds else ""))
-        return EXIT_INTERRUPTED
-    rows = outcome.summary.filter(outcome.summary["metric"] == "best/test/accuracy")
-    print(f"\ntest accuracy at the best val epoch over seeds {', '.join(map(str, seeds))} (mean +- std):")
-    for row in rows.iter_rows(named=True):
-        values = ", ".join(f"{v:.4f}" for v in row["values"])
-        print(f"{row['stage']:>20}: {row['mean']:.4f} +- {row['std']:.4f}  ({values})")
-    name = experiment.tracking.experiment or experiment.name
-    print(f"multi-seed run {outcome.run_id}; compare with: mentor compare {name} --level seeds")
     return 0
 
 
@@ -116,12 +50,12 @@ def cmd_sweep(args) -> int:
     from .search.storage import masked
     from .search.sweep import Sweep, SweepError, run_workers, worker_command
 
-    experiment, plugins = _load(args.file, args.set)
+    experiment, plugins = load(args.file, args.set)
     try:
         sweep = Sweep(experiment, plugins, trials=args.trials, storage=args.storage, study_name=args.study,
                       worker=args.worker_index).open()
     except SweepError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_USAGE
     launcher = args.worker_index is None  # a worker of --workers leaves the talking and the summary to it
     if launcher:
@@ -135,7 +69,7 @@ def cmd_sweep(args) -> int:
             codes = run_workers(command, workers)
             for i, rc in enumerate(codes):
                 if rc != 0:
-                    _err(f"worker {i} exited with code {rc}")
+                    err(f"worker {i} exited with code {rc}")
             code = 1 if any(codes) else 0
         else:
             sweep.work()
@@ -143,7 +77,7 @@ def cmd_sweep(args) -> int:
     except KeyboardInterrupt:
         status, code = "KILLED", EXIT_INTERRUPTED
         if launcher:
-            _err(f"\ninterrupted. Continue the sweep with the same command (study '{sweep.study_name}')")
+            err(f"\ninterrupted. Continue the sweep with the same command (study '{sweep.study_name}')")
     finally:
         if launcher:
             _sweep_summary(sweep, sweep.finish(status))
@@ -162,96 +96,6 @@ def _sweep_summary(sweep, best_path) -> None:
     print(f"compare trials with: mentor compare {name} --level trial --study {sweep.study_name}")
 
 
-def cmd_schema(args) -> int:
-    from .config.jsonschema import experiment_schema
-    from .plugins import default_plugins
-
-    text = json.dumps(experiment_schema(default_plugins().registry), indent=2)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-        print(f"wrote {args.output}")
-    else:
-        print(text)
-    return 0
-
-
-def cmd_plugins(args) -> int:
-    from .plugins import default_plugins
-
-    plugins = default_plugins()
-    rows = []
-    for c in plugins.registry.all():
-        params = c.params.model_json_schema().get("properties", {})
-        rows.append({
-            "kind": c.kind, "name": c.name, "package": c.package, "plugin": c.plugin,
-            "description": c.description,
-            "params": {k: {"type": v.get("type", v.get("anyOf", "")), "default": v.get("default")}
-                       for k, v in params.items()},
-        })
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="mentor plugins", show_lines=False)
-    for col in ("kind", "name", "package", "params", "description"):
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        params = ", ".join(
-            f"{k}={row['params'][k]['default']!r}" if row["params"][k]["default"] is not None else k
-            for k in row["params"]
-        )
-        table.add_row(row["kind"], row["name"], row["package"], params, row["description"])
-    Console(width=max(120, Console().width)).print(table)
-    return 0
-
-
-def cmd_layers(args) -> int:
-    try:
-        return _layers(args)
-    except ValueError as exc:  # bad --params / --input / model key: a usage error
-        _err(f"error: {exc}")
-        return EXIT_USAGE
-
-
-def _layers(args) -> int:
-    import torch
-
-    from .features import probe
-    from .plugins import default_plugins
-
-    registry = default_plugins().registry
-    if args.experiment:
-        from .config import load_experiment
-        from .pipeline import ExperimentRunner
-
-        experiment = load_experiment(args.experiment, args.set, registry)
-        if args.model not in experiment.models:
-            from .registry import unknown_name_message
-
-            raise ValueError(unknown_name_message("model", args.model, list(experiment.models)))
-        spec = experiment.models[args.model]
-        info = ExperimentRunner(experiment).load_data().info
-        name, params = spec.name, spec.params
-        channels, (height, width), classes = info.in_channels, info.image_size, info.num_classes
-    else:
-        name = args.model
-        component = registry.get("model", name)
-        params = component.params.model_validate(json.loads(args.params)).model_dump()
-        channels, height, width = (int(v) for v in args.input.lower().split("x"))
-        classes = args.classes
-    model = registry.get("model", name).factory(classes, channels, **params)
-    shapes = probe(model, torch.zeros(2, channels, height, width))
-    if args.json:
-        print(json.dumps({node: list(shape[1:]) for node, shape in shapes.items()}, indent=2))
-        return 0
-    print(f"{name} on {channels}x{height}x{width}, {classes} classes: node -> output shape (per sample)")
-    for node, shape in shapes.items():
-        print(f"  {node:<32} {tuple(shape[1:])}")
-    return 0
-
-
 def cmd_compare(args) -> int:
     from .tracking.compare import compare, compression_reports, render
     from .tracking.store import tracking_uri
@@ -263,14 +107,14 @@ def cmd_compare(args) -> int:
                 print(heading)
                 print(render(table, args.format) if args.format != "table" else _report_view(table))
         except ValueError as exc:
-            _err(f"error: {exc}")
+            err(f"error: {exc}")
             return EXIT_USAGE
         return 0
     try:
         df = compare(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level,
                      study=args.study)
     except ValueError as exc:  # unknown experiment, metric or study: the message has a did-you-mean
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_USAGE
     if args.format == "table":  # keep the terminal view narrow; csv/json keep every column
         df = df.drop([c for c in ("parent_run_id", "parent_run_name", "sweep_run_id") if c in df.columns])
@@ -290,20 +134,20 @@ def cmd_bench(args) -> int:
     from .engine.distributed import launched_world_size
 
     if launched_world_size() > 1:
-        _err("error: mentor bench measures one process; run it without torchrun (each GPU's step is the same)")
+        err("error: mentor bench measures one process; run it without torchrun (each GPU's step is the same)")
         return EXIT_USAGE
-    experiment, plugins = _load(args.file, args.set)
+    experiment, plugins = load(args.file, args.set)
     try:
         report = run_bench(experiment, plugins, config=args.file, steps=args.steps, warmup=args.warmup,
                            stages=args.stage, peak_tflops=args.peak_tflops)
     except BenchError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_USAGE
     if args.out:
         Path(args.out).write_text(dumps(report) + "\n")
     if args.json:
         print(dumps(report))
-        _err(render(report))
+        err(render(report))
     else:
         print(render(report))
         if args.out:
@@ -492,25 +336,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        _err(str(exc))
+        err(str(exc))
         return EXIT_USAGE
     except (PluginError, PluginConflict, UnknownComponent, DataNotFound, CheckpointError,
             NothingToResume, TrackingUnreachable, ExportError, ExportRunError, RegistryConflict,
             PredictError) as exc:
         if debug:
             raise
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return EXIT_USAGE
     except TrainingDiverged as exc:  # the run is recorded FAILED; its last good checkpoint stays
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
-        _err("\ninterrupted")
+        err("\ninterrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or an environment problem: say what, keep it short
         if debug:
             raise
-        _err(f"error: {type(exc).__name__}: {exc}\n(set MENTOR_DEBUG=1 for the traceback)")
+        err(f"error: {type(exc).__name__}: {exc}\n(set MENTOR_DEBUG=1 for the traceback)")
         return 1
 
 
