@@ -24,7 +24,8 @@ from .config.schema import (
     TrainingStageConfig,
     WeightSchedule,
 )
-from .context import RunState, StageContext, StageResult, StopRun
+from .context import RunState, StageContext, StageResult
+from .context_recording import StopRun
 from .data.augment import BatchAugment
 from .data.loader import Batches
 from .data.pool import IMAGE_EXTENSIONS, ImagePool, PoolImages, find_images

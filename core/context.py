@@ -10,8 +10,6 @@ built-in method uses nothing that a third-party one cannot.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -25,6 +23,7 @@ from torch import nn
 
 from .config.errors import ConfigError, located_error
 from .config.schema import LossSpec, SelectionSpec, TrainingConfig
+from .context_recording import Recording
 from .data.loader import Batches
 from .data.splits import Splits, StageData, balanced_subset
 from .data.types import DataInfo, ImageSet
@@ -36,11 +35,6 @@ from .tables import check_selection
 from .weights import untrained_layers
 
 SUMMARY_KEYS = ("val/accuracy", "test/accuracy", "val/loss", "test/loss")
-
-
-class StopRun(Exception):
-    """Raised by a hook to stop a run on purpose (a pruned search trial): its runs end KILLED,
-    not FAILED, and the exception goes on to the caller."""
 
 
 @dataclass
@@ -91,7 +85,7 @@ def _cross_entropy_step(model: nn.Module, label_smoothing: float):
     return step
 
 
-class StageContext:
+class StageContext(Recording):
     """Everything a method's runner may use; handed to it by the pipeline."""
 
     def __init__(self, state: RunState, index: int):
@@ -404,34 +398,6 @@ class StageContext:
         cm = plots.confusion_matrix(y, p, self.info.num_classes)
         self.log_figure(plots.confusion_matrix_figure(cm, list(self.info.class_names) or None), artifact_file)
 
-    @contextlib.contextmanager
-    def nested(self, name: str, tags: dict[str, str] | None = None):
-        """A child MLflow run under the stage's (a round, a phase); reused on resume.
-
-        Inside the block, ``log_*`` and ``fit`` record into the child.
-        """
-        tracker, parent = self.tracker, self.run_id
-        child = next((r.info.run_id for r in tracker.children(parent) if r.data.tags.get("mentor.child") == name),
-                     None)
-        if child is None:
-            child = tracker.start_run(f"{self.stage.name}/{name}", {
-                "mentor.kind": "child", "mentor.child": name, "mentor.stage": self.stage.name,
-                "mentor.method": self.stage.kind, **(tags or {})}, parent=parent)
-        else:
-            tracker.reopen(child)
-        self.run_id = child
-        status = "FAILED"
-        try:
-            yield child
-            status = "FINISHED"
-        except (KeyboardInterrupt, StopRun):
-            status = "KILLED"
-            raise
-        finally:
-            self.run_id = parent
-            tracker.flush()
-            tracker.end_run(child, status)
-
     # -- diagnostics the core computes (methods never hold the hidden labels) --------
     def pseudo_label_diagnostics(self, scores: pl.DataFrame, selection: pl.DataFrame):
         """Precision, coverage and per-class counts of a selection, against the hidden labels.
@@ -441,34 +407,3 @@ class StageContext:
         from .pseudo_labels import diagnostics
 
         return diagnostics(scores, selection, self.state.splits)
-
-    # -- recording ------------------------------------------------------------------
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.tracker.log_metrics(self.run_id, metrics, step)
-
-    def log_figure(self, figure, artifact_file: str) -> None:
-        """A matplotlib figure as a PNG artifact of the current run (the stage's, or a nested one)."""
-        self.tracker.log_figure(self.run_id, figure, artifact_file)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.tracker.log_text(self.run_id, text, artifact_file)
-
-    def log_table(self, table: pl.DataFrame, artifact_file: str) -> None:
-        """A polars table as an artifact: parquet for ``.parquet`` names, CSV for ``.csv``."""
-        if artifact_file.endswith(".csv"):
-            self.tracker.log_text(self.run_id, table.write_csv(), artifact_file)
-            return
-        buffer = io.BytesIO()
-        table.write_parquet(buffer)
-        self.tracker.log_bytes(self.run_id, buffer.getvalue(), artifact_file)
-
-    def log_dataset(self, table: pl.DataFrame, name: str, context: str) -> None:
-        """A polars table as an MLflow dataset input of the current run (shown in the UI's Datasets)."""
-        self.tracker.log_dataset(self.run_id, table, name, context)
-
-    @staticmethod
-    def confidence_histogram(confidence, selected=None):
-        """A histogram figure of pseudo-label confidences (all scored images, and the selected ones)."""
-        from .tracking.plots import confidence_histogram
-
-        return confidence_histogram(confidence, selected)

@@ -32,7 +32,8 @@ import yaml
 from . import shipping
 from .config.errors import located_error
 from .config.loader import references, teacher_model_key, trained_model_key
-from .context import RunState, StageContext, StageResult, StopRun
+from .context import RunState, StageContext, StageResult
+from .context_recording import StopRun
 from .data.splits import SplitError, Splits, make_splits
 from .engine import distributed
 from .engine.runtime import choose_runtime

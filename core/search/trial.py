@@ -20,7 +20,7 @@ import optuna
 from ..config.document import Document
 from ..config.loader import validate_document
 from ..config.search import SearchConfig
-from ..context import StopRun
+from ..context_recording import StopRun
 from ..hookspecs import hookimpl
 from ..pipeline import ExperimentRunner
 from ..plugins import Plugins
