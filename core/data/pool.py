@@ -110,7 +110,7 @@ class PathArray(Sequence[str]):
         for path in paths:
             data += os.fsencode(path)
             offsets.append(len(data))
-        self._data = np.frombuffer(bytes(data), dtype=np.uint8)
+        self._data = np.frombuffer(data, dtype=np.uint8)  # a view of the bytearray: no second copy
         self._offsets = np.frombuffer(offsets, dtype=np.int64).copy()
 
     def __len__(self) -> int:
@@ -178,7 +178,7 @@ class ImagePool:
 
     def files(self, index: torch.Tensor, channels: int, size: tuple[int, int]) -> PoolImages:
         """The rows holding ``index`` as ``PoolImages``: read from their files only when a batch asks."""
-        return PoolImages([self.paths[r] for r in self.rows_of(index).tolist()], channels, tuple(size))
+        return PoolImages(PathArray(self.paths[r] for r in self.rows_of(index).tolist()), channels, tuple(size))
 
 
 class PoolImages:
@@ -198,7 +198,8 @@ class PoolImages:
 
     def __init__(self, paths: list[str], channels: int, size: tuple[int, int],
                  memory: torch.Tensor | None = None, order: torch.Tensor | None = None):
-        self.paths, self.channels, self.size = list(paths), channels, tuple(size)
+        self.paths = paths if isinstance(paths, PathArray) else PathArray(paths)  # packed: workers share it
+        self.channels, self.size = channels, tuple(size)
         self.memory = memory.cpu() if memory is not None else None
         self.order = torch.arange(len(self.paths)) if order is None else order.long()
 
