@@ -51,7 +51,6 @@ import gc
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -344,24 +343,11 @@ def measure(cfg: dict) -> dict:
 
 
 def machine() -> dict:
-    import polars as pl
+    """selection.py's machine record (the same benchmark folder), plus torch's thread count."""
     import torch
+    from selection import machine as machine_record  # this script's folder is on sys.path when run
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "torch_threads": torch.get_num_threads(),
-        "polars_threads": pl.thread_pool_size(),
-        "polars": pl.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
+    return {**machine_record(), "torch_threads": torch.get_num_threads()}
 
 
 PHASES = ["start", "pool", "forward", "scoring", "reuse", "selection", "student"]
