@@ -2,8 +2,10 @@
 
 import copy
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,8 @@ from mentor_plugins.fixmatch_config import FixMatchStage
 from mentor_plugins.fixmatch_terms import PredictionMemory, flexmatch_thresholds
 
 from .conftest import SyntheticData
+
+FASHION = Path(os.environ.get("MENTOR_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 
 def ce(logits, label):
@@ -186,3 +190,13 @@ def test_a_bad_threshold_is_located_and_the_cli_exits_2(tmp_path, write_yaml, ti
     found = subprocess.run([sys.executable, "-m", "mentor.cli", "validate", str(path)], capture_output=True,
                            text=True)
     assert found.returncode == 2 and "stages[0].threshold" in found.stderr and "Traceback" not in found.stderr
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist absent")
+def test_the_cli_exits_2_on_a_run_without_unlabeled_images(workdir, write_yaml, tiny_config):
+    config = fixmatch_config(tiny_config)
+    config["data"] = {"source": "fashion_mnist", "val_size": 100}  # no labeled_per_class: nothing unlabeled
+    found = subprocess.run([sys.executable, "-m", "mentor.cli", "run", str(write_yaml(config))], cwd=workdir,
+                           capture_output=True, text=True, env={**os.environ, "MENTOR_FASHION_MNIST_DIR": str(FASHION)})
+    assert found.returncode == 2, found.stderr
+    assert "data.labeled_per_class" in found.stderr and "Traceback" not in found.stderr
