@@ -200,3 +200,19 @@ def test_the_cli_exits_2_on_a_run_without_unlabeled_images(workdir, write_yaml, 
                            capture_output=True, text=True, env={**os.environ, "MENTOR_FASHION_MNIST_DIR": str(FASHION)})
     assert found.returncode == 2, found.stderr
     assert "data.labeled_per_class" in found.stderr and "Traceback" not in found.stderr
+
+
+@pytest.mark.parametrize("labels", [4000, 250])
+def test_the_cifar10_recipes_carry_the_published_settings(plugins, labels):
+    from mentor.config import load_experiment
+
+    path = Path(__file__).parents[1] / "experiments" / "cifar10" / f"fixmatch_{labels}_labels.yaml"
+    exp = load_experiment(path, [], plugins.registry)
+    [stage] = exp.stages
+    assert exp.data.labeled_per_class * 10 == labels and exp.models["wrn"].name == "wrn_28_2"
+    assert stage.epochs * stage.steps_per_epoch == 2**20
+    assert (stage.batch_size, stage.unlabeled_ratio, stage.threshold, stage.lambda_u, stage.ema_decay) == (
+        64, 7, 0.95, 1, 0.999)
+    sgd = stage.optimizer
+    assert (sgd.name, sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay) == ("sgd", 0.03, 0.9, True, 5e-4)
+    assert stage.lr_decay == "fixmatch_cosine" and stage.hard_labels and not stage.flexmatch

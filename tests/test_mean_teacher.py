@@ -157,3 +157,15 @@ def test_a_bad_range_is_located_and_the_cli_exits_2(write_yaml, tiny_config):
                            capture_output=True, text=True)
     assert found.returncode == 2 and "stages[0].consistency_weight" in found.stderr
     assert "Traceback" not in found.stderr
+
+
+def test_the_cifar10_recipe_validates_with_its_settings(plugins):
+    from pathlib import Path
+
+    from mentor.config import load_experiment
+
+    path = Path(__file__).parents[1] / "experiments" / "cifar10" / "mean_teacher_4000_labels.yaml"
+    [stage] = load_experiment(path, [], plugins.registry).stages
+    assert (stage.consistency, stage.consistency_weight, stage.ema_decay, stage.ema_decay_rampup) == (
+        "mse", 100, 0.999, 0.99)
+    assert stage.epochs * stage.steps_per_epoch == 150_000 and stage.rampup_epochs * stage.steps_per_epoch == 40_000
