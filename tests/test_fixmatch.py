@@ -216,3 +216,20 @@ def test_the_cifar10_recipes_carry_the_published_settings(plugins, labels):
     sgd = stage.optimizer
     assert (sgd.name, sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay) == ("sgd", 0.03, 0.9, True, 5e-4)
     assert stage.lr_decay == "fixmatch_cosine" and stage.hard_labels and not stage.flexmatch
+
+
+def test_an_interrupted_flexmatch_stage_resumes_to_the_same_result(workdir, tiny_config):
+    """The memory, optimizer, schedule and EMA are in the epoch's checkpoint: a resumed run equals a straight one."""
+    from .test_mpl import StopAfter
+
+    config = fixmatch_config(tiny_config, flexmatch=True, steps_per_epoch=4)
+    plugins = load_plugins(extra=[SyntheticData()])
+    reference = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)["fm"]
+    config["name"] = "fixmatch-resumed"
+    stopping = load_plugins(extra=[SyntheticData(), StopAfter("fm", 1)])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate_document(Document("t", config), stopping.registry), stopping)
+    resumed = run_experiment(validate_document(Document("t", config), plugins.registry), plugins, resume=True)["fm"]
+    assert resumed.metrics == reference.metrics
+    strip = [{k: v for k, v in e.items() if k != "throughput"} for e in resumed.history]
+    assert strip == [{k: v for k, v in e.items() if k != "throughput"} for e in reference.history]

@@ -169,3 +169,19 @@ def test_the_cifar10_recipe_validates_with_its_settings(plugins):
     assert (stage.consistency, stage.consistency_weight, stage.ema_decay, stage.ema_decay_rampup) == (
         "mse", 100, 0.999, 0.99)
     assert stage.epochs * stage.steps_per_epoch == 150_000 and stage.rampup_epochs * stage.steps_per_epoch == 40_000
+
+
+def test_an_interrupted_stage_resumes_to_the_same_result(workdir, tiny_config):
+    from .test_mpl import StopAfter
+
+    config = mean_teacher_config(tiny_config, steps_per_epoch=4)
+    plugins = load_plugins(extra=[SyntheticData()])
+    reference = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)["mt"]
+    config["name"] = "mean-teacher-resumed"
+    stopping = load_plugins(extra=[SyntheticData(), StopAfter("mt", 1)])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate_document(Document("t", config), stopping.registry), stopping)
+    resumed = run_experiment(validate_document(Document("t", config), plugins.registry), plugins, resume=True)["mt"]
+    assert resumed.metrics == reference.metrics
+    strip = [{k: v for k, v in e.items() if k != "throughput"} for e in resumed.history]
+    assert strip == [{k: v for k, v in e.items() if k != "throughput"} for e in reference.history]
