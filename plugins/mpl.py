@@ -1,6 +1,6 @@
 """Meta Pseudo Labels (Pham et al. 2021): a teacher that learns from how its labels teach.
 
-The `mpl` stage: the unlabeled batches in two views (``UnlabeledFeed``), the
+The `mpl` stage: the unlabeled batches in two views (``consistency.UnlabeledFeed``), the
 schedules, the epochs and the optional fine-tune. One step of teacher and
 student is ``mpl_step.MetaPseudoLabels``, its loss terms are in ``mpl_terms``
 and the options in ``mpl_config``. docs/mpl.md says what the step does, what
@@ -19,12 +19,10 @@ from torch import nn
 
 from mentor import (
     BatchAugment,
-    Batches,
     StageContext,
     StageResult,
     StrongAugment,
     TrainTask,
-    UnlabeledImages,
     build_optimizer,
     build_scheduler,
     derive_seed,
@@ -33,48 +31,9 @@ from mentor import (
     lr_factor,
 )
 
+from .consistency import UnlabeledFeed
 from .mpl_config import MPLStage
 from .mpl_step import MetaPseudoLabels
-
-# --- data: the unlabeled batches in two views ---------------------------------------------
-
-
-class UnlabeledFeed:
-    """Unlabeled batches of ``batch_size``, weak and strong view of the same images.
-
-    Epoch ``e`` draws its order and augmentations from ``(seed, e)`` alone (as
-    ``Batches`` does), so a resumed run gets the same batches. When an epoch
-    needs more batches than the unlabeled split holds, a new permutation starts.
-    """
-
-    def __init__(self, data: UnlabeledImages, batch_size: int, weak: BatchAugment, strong: StrongAugment, *,
-                 mean, std, device, seed: int):
-        self.batches = Batches(data, max(1, min(batch_size, len(data))), shuffle=True, mean=mean, std=std,
-                               device=device, seed=seed)
-        self.weak, self.strong = weak, strong
-        self.seed, self.device = seed, torch.device(device)
-        self.start(0)
-
-    def start(self, epoch: int) -> None:
-        self.epoch, self.round, self.position = epoch, 0, 0
-        self.order = self.batches.order(epoch * 100_000)
-        seed = distributed.rank_seed(derive_seed(self.seed, "views", epoch))
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        world = distributed.world_size()
-        span = self.batches.batch_size * world  # under torchrun, each rank takes its shard of the global batch
-        if self.position > 0 and self.position + span > len(self.order):
-            self.round += 1
-            self.position = 0
-            self.order = self.batches.order(self.epoch * 100_000 + self.round)
-        rows = distributed.shard(self.order[self.position:self.position + span], distributed.group_rank(), world)
-        self.position += span
-        images = self.batches.images[rows].to(self.device, non_blocking=True)  # a no-op for a set held there
-        weak = self.weak(images, self.generator) if self.weak.active else images
-        strong = self.strong(images, self.generator)
-        return self.batches.normalise(weak), self.batches.normalise(strong)
-
 
 # --- the stage ----------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ from mentor import (
     distributed,
 )
 
+from .consistency import ema_update
 from .mpl_config import MPLStage
-from .mpl_terms import _f32, directional_log_probs, ema_update, same_noise, smooth, uda_consistency
+from .mpl_terms import _f32, directional_log_probs, same_noise, smooth, uda_consistency
 
 
 class Counters:

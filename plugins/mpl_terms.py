@@ -72,14 +72,3 @@ def same_noise(model: nn.Module, seed: int):
         finally:
             for m, momentum in zip(norms, saved, strict=True):
                 m.momentum = momentum
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers (BN statistics) copied."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
-
-

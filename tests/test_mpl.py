@@ -23,11 +23,12 @@ from mentor.config import load_experiment, validate_document
 from mentor.config.document import Document
 from mentor.pipeline import run_experiment
 from mentor.plugins import load_plugins
+from mentor_plugins.consistency import ema_update
 from mentor_plugins.models.small_cnn import small_cnn
 from mentor_plugins.mpl import _student_schedule, run_mpl
 from mentor_plugins.mpl_config import MPLStage
 from mentor_plugins.mpl_step import MetaPseudoLabels
-from mentor_plugins.mpl_terms import ema_update, uda_consistency
+from mentor_plugins.mpl_terms import uda_consistency
 
 from .conftest import SyntheticData
 
