@@ -138,7 +138,8 @@ class StageContext(Recording):
         else:
             component = self.registry.get("model", spec.name)
             try:
-                model = component.factory(self.info.num_classes, self.info.in_channels, **spec.params)
+                model = component.make_model(
+                    self.info.num_classes, self.info.in_channels, self.info.image_size, **spec.params)
             except checkpoint.CheckpointError as exc:  # pretrained weights that cannot be had
                 raise checkpoint.CheckpointError(f"models.{key}.weights: {exc}") from None
             if loaded is not None:

@@ -37,7 +37,9 @@ def register_models(register):
 
     ``factory(num_classes: int, in_channels: int, **params) -> torch.nn.Module``
     builds a classifier whose ``forward`` returns logits. Models must adapt to
-    the data's channels and number of classes.
+    the data's channels and number of classes. A factory that declares an
+    ``image_size`` keyword also gets the input's ``(height, width)`` (unless
+    the experiment file sets it in ``params``), for layers sized by it.
     """
 
 

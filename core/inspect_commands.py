@@ -31,11 +31,13 @@ def cmd_plugins(args) -> int:
     plugins = default_plugins()
     rows = []
     for c in plugins.registry.all():
-        params = c.params.model_json_schema().get("properties", {})
+        schema = c.params.model_json_schema()
+        params, required = schema.get("properties", {}), set(schema.get("required", ()))
         rows.append({
             "kind": c.kind, "name": c.name, "package": c.package, "plugin": c.plugin,
             "description": c.description,
-            "params": {k: {"type": v.get("type", v.get("anyOf", "")), "default": v.get("default")}
+            "params": {k: {"type": v.get("type", v.get("anyOf", "")), "default": v.get("default"),
+                           "required": k in required, "description": v.get("description")}
                        for k, v in params.items()},
         })
     if args.json:
@@ -48,13 +50,17 @@ def cmd_plugins(args) -> int:
     for col in ("kind", "name", "package", "params", "description"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        params = ", ".join(
-            f"{k}={row['params'][k]['default']!r}" if row["params"][k]["default"] is not None else k
-            for k in row["params"]
-        )
+        params = ", ".join(_param_text(k, v) for k, v in row["params"].items())
         table.add_row(row["kind"], row["name"], row["package"], params, row["description"])
     Console(width=max(120, Console().width)).print(table)
     return 0
+
+
+def _param_text(name: str, param: dict) -> str:
+    """``name (required)``, ``name=default`` or a bare name for an optional value without default."""
+    if param["required"]:
+        return f"{name} (required)"
+    return f"{name}={param['default']!r}" if param["default"] is not None else name
 
 
 def cmd_layers(args) -> int:
@@ -91,7 +97,7 @@ def _layers(args) -> int:
         params = component.params.model_validate(json.loads(args.params)).model_dump()
         channels, height, width = (int(v) for v in args.input.lower().split("x"))
         classes = args.classes
-    model = registry.get("model", name).factory(classes, channels, **params)
+    model = registry.get("model", name).make_model(classes, channels, (height, width), **params)
     shapes = probe(model, torch.zeros(2, channels, height, width))
     if args.json:
         print(json.dumps({node: list(shape[1:]) for node, shape in shapes.items()}, indent=2))

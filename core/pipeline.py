@@ -35,6 +35,7 @@ from .config.loader import references, teacher_model_key, trained_model_key
 from .context import RunState, StageContext, StageResult
 from .context_recording import StopRun
 from .data.splits import SplitError, Splits, make_splits
+from .data.types import DataInfoError
 from .engine import distributed
 from .engine.runtime import choose_runtime
 from .plugins import Plugins, default_plugins
@@ -107,7 +108,10 @@ class ExperimentRunner:
     def load_data(self) -> Splits:
         data = self.experiment.data
         source = self.plugins.registry.get("data_source", data.source)
-        bundle = source.factory(**data.params)
+        try:
+            bundle = source.factory(**data.params)
+        except DataInfoError as exc:  # the source's own statistics: name the source, not a traceback
+            raise located_error(self.experiment, ("data", "source"), f"data source '{data.source}': {exc}") from None
         try:
             splits = make_splits(bundle, val_size=data.val_size, labeled_per_class=data.labeled_per_class,
                                  split_seed=data.split_seed, test_size=data.test_size)

@@ -44,6 +44,22 @@ class Component:
     plugin: str  # the plugin module's registered name
     package: str  # the distribution that ships it ("mentor" for built-ins)
 
+    @property
+    def takes_image_size(self) -> bool:
+        """Whether this (model) factory declares an ``image_size`` keyword: it is then given the input's
+        (height, width), for architectures whose layers depend on it (a ViT's patch grid, an MLP)."""
+        try:
+            return "image_size" in inspect.signature(self.factory).parameters
+        except (TypeError, ValueError):  # a builtin or C callable without a signature
+            return False
+
+    def make_model(self, num_classes: int, in_channels: int, image_size: tuple[int, int], **params):
+        """Call a model factory: classes and channels, and the image size if it asks for it (a value
+        the experiment file set in ``params`` wins)."""
+        if self.takes_image_size and "image_size" not in params:
+            params["image_size"] = tuple(image_size)
+        return self.factory(num_classes, in_channels, **params)
+
     def build(self, *args, **params):
         """Validate ``params`` with the component's model and call its factory."""
         values = self.params.model_validate(params).model_dump()

@@ -74,7 +74,7 @@ class DistillStage(TrainingStageConfig):
             if key is not None and experiment.models[key].name is not None:
                 spec = experiment.models[key]
                 params = {k: v for k, v in spec.params.items() if k != "weights"}  # no download to name nodes
-                models[role] = registry.get("model", spec.name).factory(10, 3, **params)
+                models[role] = registry.get("model", spec.name).make_model(10, 3, (32, 32), **params)
         problems = []
         for i, spec in enumerate(self.losses):
             if isinstance(spec.weight, WeightSchedule) and spec.weight.epochs > self.epochs:

@@ -422,3 +422,41 @@ def test_auto_placement_holds_sets_on_a_cpu_device_and_rejects_unknown_placement
     assert Batches(data, 2, shuffle=False, mean=(0.5,), std=(0.25,)).resident
     with pytest.raises(ValueError, match="placement must be auto, device or host"):
         Batches(data, 2, shuffle=False, mean=(0.5,), std=(0.25,), placement="gpu")
+
+
+def test_data_info_statistics_must_be_on_the_unit_scale_per_channel():
+    from mentor.data.types import DataInfoError
+
+    with pytest.raises(DataInfoError, match=r"not on the \[0, 1\] scale"):
+        DataInfo(num_classes=2, in_channels=1, image_size=(4, 4), mean=(127.5,), std=(0.2,))
+    with pytest.raises(DataInfoError, match="and > 0"):
+        DataInfo(num_classes=2, in_channels=1, image_size=(4, 4), mean=(0.5,), std=(0.0,))
+    with pytest.raises(DataInfoError, match="1 values for 3 channels"):
+        DataInfo(num_classes=2, in_channels=3, image_size=(4, 4), mean=(0.5,), std=(0.2,))
+
+
+def test_a_source_with_statistics_on_the_pixel_scale_fails_located_at_the_source(workdir, write_yaml, capfd,
+                                                                                  monkeypatch):
+    from mentor import DataBundle as Bundle
+    from mentor import hookimpl
+    from mentor.cli import main
+    from mentor.plugins import load_plugins
+
+    class PixelScale:
+        @hookimpl
+        def register_data_sources(self, register):
+            def pixels():
+                info = DataInfo(2, 1, (4, 4), (127.0,), (60.0,))
+                return Bundle(synthetic_set([8, 8]), synthetic_set([4, 4], seed=1), info)
+
+            register("pixels", pixels)
+
+    path = write_yaml({"name": "scale", "data": {"source": "pixels", "val_size": 4},
+                       "models": {"m": {"name": "small_cnn"}}, "stages": [{"kind": "train", "model": "m"}]})
+    plugins = load_plugins(extra=[PixelScale()])
+    monkeypatch.setattr("mentor.plugins.default_plugins", lambda: plugins)
+    code = main(["run", str(path)])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert "data.source: data source 'pixels': DataInfo.mean (127.0,) is not on the [0, 1] scale" in err
+    assert "Traceback" not in err

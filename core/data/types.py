@@ -11,9 +11,18 @@ class DataNotFound(Exception):
     """A dataset is not on disk; the message says how to get it."""
 
 
+class DataInfoError(ValueError):
+    """A data source described its data inconsistently (statistics on the wrong scale, wrong length)."""
+
+
 @dataclass(frozen=True)
 class DataInfo:
-    """Facts about a dataset that models, normalisation and reports need."""
+    """Facts about a dataset that models, normalisation and reports need.
+
+    ``mean`` and ``std`` are per channel on the [0, 1] scale (pixel / 255), as
+    torchvision's ``Normalize`` takes them: batches are ``(x / 255 - mean) / std``.
+    ``image_size`` is (height, width).
+    """
 
     num_classes: int
     in_channels: int
@@ -21,6 +30,15 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != self.in_channels:
+                raise DataInfoError(f"DataInfo.{name} has {len(values)} values for {self.in_channels} channels")
+            if any(not 0 <= v <= 1 for v in values) or (name == "std" and any(v <= 0 for v in values)):
+                raise DataInfoError(f"DataInfo.{name} {tuple(values)} is not on the [0, 1] scale (pixel / 255)"
+                                 + (" and > 0" if name == "std" else ""))
 
 
 @dataclass
