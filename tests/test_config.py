@@ -75,6 +75,20 @@ def test_a_misspelled_plugin_parameter_gets_did_you_mean(write_yaml, tiny_config
     assert "did you mean 'channels'" in found["models.student.params.channel"].message
 
 
+def test_every_error_of_a_file_is_reported_at_once_in_file_order(write_yaml, tiny_config, plugins):
+    # a schema error (pass 1) and plugin-parameter errors elsewhere (pass 2) in one file
+    tiny_config["models"]["student"]["params"] = {"channel": [4]}
+    tiny_config["stages"][0]["epoch"] = 3
+    tiny_config["stages"][1]["losses"][1]["params"] = {"temperature": -1}
+    path = write_yaml(tiny_config)
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path, registry=plugins.registry)
+    found = [(p.path, p.line) for p in err.value.problems]
+    assert [p for p, _ in found] == [
+        "models.student.params.channel", "stages[0].epoch", "stages[1].losses[1].params.temperature"]
+    assert [line for _, line in found] == sorted(line for _, line in found)
+
+
 def test_references_must_point_backwards(write_yaml, tiny_config, plugins):
     tiny_config["stages"].reverse()
     found = problems(write_yaml(tiny_config), plugins.registry)

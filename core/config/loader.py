@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
 
 from ..params import path_fields
 from ..registry import Registry, unknown_name_message
@@ -78,12 +78,47 @@ def validate_document(doc: Document, registry: Registry | None = None):
     try:
         experiment = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_problem(doc, err, registry, model) for err in exc.errors()]) from None
+        problems = [_problem(doc, err, registry, model) for err in exc.errors()]
+        problems += _params_problems_of_valid_parts(doc, data, model, registry)
+        raise ConfigError(_in_file_order(problems)) from None
     problems = resolve(experiment, registry, doc)
     if problems:
-        raise ConfigError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
+        raise ConfigError(_in_file_order(problems))
     experiment._document = doc
     return experiment
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    unique = list({(p.path, p.message): p for p in problems}.values())
+    return sorted(unique, key=lambda p: (p.line is None, p.line or 0, p.column or 0))
+
+
+def _params_problems_of_valid_parts(doc: Document, data: dict, model: type[BaseModel],
+                                    registry: Registry) -> list[Problem]:
+    """When the file fails pass 1, pass 2's component checks still run on each top-level section and each
+    stage that validates on its own, so that one `mentor validate` reports every error of the file."""
+    problems: list[Problem] = []
+
+    def report(path: Sequence[str | int], message: str):
+        source, line, col = doc.locate(path)
+        problems.append(Problem(source, dotted(path), message, line, col))
+
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        if key == "stages" and isinstance(value, list):
+            adapter, parts = TypeAdapter(typing.get_args(field.annotation)[0]), list(enumerate(value))
+            parts = [(("stages", i), item) for i, item in parts]
+        else:
+            adapter, parts = TypeAdapter(field.annotation), [((key,), value)]
+        for path, raw in parts:
+            try:
+                part = adapter.validate_python(raw)
+            except ValidationError:
+                continue  # its own errors are pass 1's
+            _check_components(part, registry, doc, report, path)
+    return problems
 
 
 # --- pass 1: pydantic errors, mapped back to the file ----------------------------
@@ -243,15 +278,10 @@ def _ref_in(annotation: Any) -> Ref | None:
     return None
 
 
-def resolve(experiment, registry: Registry, doc: Document | None = None) -> list[Problem]:
-    """Validate params with each component's model; check references; name stages."""
-    problems: list[Problem] = []
-
-    def report(path: Sequence[str | int], message: str):
-        source, line, col = doc.locate(path) if doc else ("<config>", None, None)
-        problems.append(Problem(source, dotted(path), message, line, col))
-
-    for path, spec in _specs(experiment):
+def _check_components(obj, registry: Registry, doc: Document | None, report, base: tuple = ()) -> None:
+    """Each component named in ``obj`` exists and its ``params`` validate with its own model (then hold the
+    validated values, paths resolved against the file's folder)."""
+    for path, spec in _specs(obj, base):
         name = spec.component_name
         if name is None:  # a model given by `uri` alone: the loaded module is used as is
             continue
@@ -277,6 +307,17 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
         for field in path_fields(table[name].params):  # relative: from the experiment file's folder
             if isinstance(spec.params.get(field), str):
                 spec.params[field] = str(_resolve_path(spec.params[field], doc, path + ("params", field)))
+
+
+def resolve(experiment, registry: Registry, doc: Document | None = None) -> list[Problem]:
+    """Validate params with each component's model; check references; name stages."""
+    problems: list[Problem] = []
+
+    def report(path: Sequence[str | int], message: str):
+        source, line, col = doc.locate(path) if doc else ("<config>", None, None)
+        problems.append(Problem(source, dotted(path), message, line, col))
+
+    _check_components(experiment, registry, doc, report)
 
     for key, spec in experiment.models.items():
         if spec.checkpoint is not None:
@@ -332,7 +373,10 @@ def _shapes(spec: ModelSpec, registry: Registry) -> dict[str, tuple] | None:
     params = {k: v for k, v in spec.params.items() if k != "weights"}
     try:
         with torch.device("meta"):
-            model = registry.get("model", spec.name).factory(10, 3, **params)
+            component = registry.get("model", spec.name)
+            if component.takes_image_size:  # its shapes depend on the data's size, not known here
+                return None
+            model = component.factory(10, 3, **params)
     except Exception:  # a factory that needs real tensors: nothing to compare here
         return None
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
