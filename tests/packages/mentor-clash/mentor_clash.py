@@ -1,7 +1,6 @@
 """Registers a loss called 'kd', which mentor's built-ins already register."""
 
-from mentor import hookimpl
-from mentor.losses import Loss
+from mentor import Loss, hookimpl
 
 
 class OtherKD(Loss):

@@ -3,8 +3,7 @@
 from pydantic import Field
 from torch import nn
 
-from mentor import Params, hookimpl
-from mentor.losses import Loss
+from mentor import Loss, Params, hookimpl
 
 EPOCHS_SEEN = []
 
