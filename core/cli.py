@@ -1,4 +1,4 @@
-"""The ``mentor`` command: run, sweep, bench, validate, schema, plugins, compare, export, predict, ui.
+"""The mentor command: teacher-student learning from declarative experiment files.
 
 User mistakes (a bad file, an unknown plugin, a missing dataset, a corrupt
 checkpoint) end with a located one-line message and exit code 2, never a
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .cli_common import EXIT_INTERRUPTED, EXIT_USAGE, err, load
+from .compare_command import cmd_compare
 from .inspect_commands import cmd_layers, cmd_plugins, cmd_schema
 from .run_command import cmd_run
 
@@ -96,39 +97,6 @@ def _sweep_summary(sweep, best_path) -> None:
     print(f"compare trials with: mentor compare {name} --level trial --study {sweep.study_name}")
 
 
-def cmd_compare(args) -> int:
-    from .tracking.compare import compare, compression_reports, render
-    from .tracking.store import tracking_uri
-
-    uri = tracking_uri(args.tracking_uri)
-    if args.report == "compression":
-        try:
-            for heading, table in compression_reports(args.experiment, tracking_uri=uri):
-                print(heading)
-                print(render(table, args.format) if args.format != "table" else _report_view(table))
-        except ValueError as exc:
-            err(f"error: {exc}")
-            return EXIT_USAGE
-        return 0
-    try:
-        df = compare(args.experiment, metric=args.metric, by=args.by, tracking_uri=uri, level=args.level,
-                     study=args.study)
-    except ValueError as exc:  # unknown experiment, metric or study: the message has a did-you-mean
-        err(f"error: {exc}")
-        return EXIT_USAGE
-    if args.format == "table":  # keep the terminal view narrow; csv/json keep every column
-        df = df.drop([c for c in ("parent_run_id", "parent_run_name", "sweep_run_id") if c in df.columns])
-        df = df.with_columns(df["run_id"].str.slice(0, 8)) if "run_id" in df.columns else df
-    print(render(df, args.format))
-    return 0
-
-
-def _report_view(table) -> str:
-    from .deploy.report import terminal
-
-    return terminal(table) + "\n"
-
-
 def cmd_bench(args) -> int:
     from .bench import BenchError, dumps, render, run_bench
     from .engine.distributed import launched_world_size
@@ -181,8 +149,26 @@ def cmd_ui(args) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+EXAMPLES = """\
+examples, one per command:
+  mentor run experiments/quickstart.yaml                      train and distill; --resume continues
+  mentor sweep experiments/fashion_sweep.yaml                 search hyperparameters (Optuna)
+  mentor validate experiments/quickstart.yaml                 every error of a file, located
+  mentor schema > experiment.schema.json                      JSON Schema for editors
+  mentor plugins                                              components and their parameters
+  mentor layers resnet8x4 --input 3x32x32                     node names for feature losses
+  mentor compare fashion-quickstart                           rank the stage runs by val/accuracy
+  mentor export RUN_ID                                        a stage to ONNX, checked by ONNX Runtime
+  mentor bench experiments/quickstart.yaml                    time each stage's training step
+  mentor predict RUN_ID photos/                               top-k classes of image files
+  mentor ui                                                   the MLflow UI on mentor's store
+`mentor COMMAND --help` tells more; README.md and docs/ the rest.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mentor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mentor", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"mentor {__version__}")
@@ -242,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="leaderboard of experiments' runs (or sweep trials) from MLflow")
     p.add_argument("experiment", nargs="+", help="experiment name(s) (the file's `name:`); several side by side")
-    p.add_argument("--metric", default="test/accuracy")
+    p.add_argument("--metric", default=None, metavar="METRIC",
+                   help="what ranks the runs, e.g. val/accuracy, test/accuracy, last/val/loss (default: "
+                   "val/accuracy, so that no choice is made on test data; --level seeds: test/accuracy)")
     p.add_argument("--by", choices=["best", "last"], default="best",
                    help="best: at the epoch of best validation; last: final epoch")
     p.add_argument("--level", choices=["stage", "experiment", "trial", "seeds"], default="stage",
@@ -252,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--report", choices=["compression"], default=None,
                    help="compression: the latest run's compression report (size, FLOPs, latency, accuracy vs teacher)")
+    p.add_argument("--columns", type=lambda v: [c.strip() for c in v.split(",") if c.strip()], default=None,
+                   metavar="A,B,...", help="table: show these columns, in this order")
+    p.add_argument("--wide", action="store_true", help="table: every column, however wide")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_compare)
 

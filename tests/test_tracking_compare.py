@@ -355,3 +355,44 @@ def test_empty_experiment(store: Store):
     board = compare.leaderboard("other-experiment", level="experiment", tracking_uri=store.uri)
     assert board.height == 0
     assert "rank" in compare.render(board)
+
+
+# --------------------------------------------------------------------------- the CLI's table view
+
+
+def _cli(store: Store, capsys, monkeypatch, *args, columns: int = 200) -> tuple[int, str, str]:
+    from mentor.cli import main
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    code = main(["compare", EXPERIMENT, "--tracking-uri", store.uri, *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_compare_ranks_by_validation_by_default_and_names_the_metric(store: Store, capsys, monkeypatch):
+    code, out, _ = _cli(store, capsys, monkeypatch)
+    assert code == 0
+    header, table = out.splitlines()[0], out.splitlines()[1:]
+    assert header == "ranked by best/val/accuracy (at the epoch of best validation)"
+    assert "best/val/accuracy" in table[0] and " value " not in f" {table[0]} "
+    first = [line.split() for line in table if line.strip().startswith("1 ")][0]
+    assert first[1:3] == ["teacher", "train"] and "0.8600" in first  # run-b's teacher: best val 0.86
+
+
+def test_compare_fits_a_narrow_terminal_and_says_what_it_left_out(store: Store, capsys, monkeypatch):
+    code, out, _ = _cli(store, capsys, monkeypatch, "--metric", "test/accuracy", columns=80)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("ranked by best/test/accuracy")
+    assert all(len(line) <= 80 for line in lines[1:-1])
+    assert lines[-1].startswith("(not shown: ") and "start_time" in lines[-1] and "--wide" in lines[-1]
+    _, wide, _ = _cli(store, capsys, monkeypatch, "--wide", columns=80)
+    assert "start_time" in wide and "not shown" not in wide
+
+
+def test_compare_columns_picks_and_refuses_an_unknown_one(store: Store, capsys, monkeypatch):
+    code, out, _ = _cli(store, capsys, monkeypatch, "--columns", "rank,stage,best/val/accuracy")
+    assert code == 0
+    assert out.splitlines()[1].split() == ["rank", "stage", "best/val/accuracy"]
+    code, _, err = _cli(store, capsys, monkeypatch, "--columns", "rank,stagee")
+    assert code == 2 and "no column 'stagee'" in err

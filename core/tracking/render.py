@@ -47,6 +47,19 @@ def _render_table(df: pl.DataFrame) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n") + "\n"
 
 
+def fit_columns(df: pl.DataFrame, width: int, keep: int = 1) -> tuple[pl.DataFrame, list[str]]:
+    """The board without its rightmost columns (never the first ``keep``) until its table fits in ``width``
+    characters; returns it and the names of the columns left out."""
+    hidden: list[str] = []
+    while len(df.columns) > keep:
+        longest = max((len(line) for line in _render_table(df).splitlines()), default=0)
+        if longest <= width:
+            break
+        hidden.insert(0, df.columns[-1])
+        df = df.drop(df.columns[-1])
+    return df, hidden
+
+
 def render(df: pl.DataFrame, fmt: str = "table") -> str:
     """Text for a table: ``"table"`` (aligned plain text, floats to 4 decimals, all rows),
     ``"csv"`` (full precision) or ``"json"`` (a list of row objects)."""
