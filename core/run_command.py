@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 from .cli_common import EXIT_INTERRUPTED, EXIT_USAGE, err, load
+from .hookspecs import hookimpl
+
+
+class Banner:
+    """Says at the start what runs where: the experiment, its run id, the store, the stages and their kinds."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    @hookimpl
+    def on_experiment_start(self, experiment, run_id):
+        from .engine.distributed import is_main
+
+        if not is_main():
+            return
+        stages = " -> ".join(f"{s.name} ({s.kind})" for s in experiment.stages)
+        print(f"mentor: experiment '{experiment.name}', run {run_id}\n"
+              f"  store:  {self.runner.tracker.uri}\n  stages: {stages}", flush=True)
 
 
 def cmd_run(args) -> int:
@@ -16,6 +34,7 @@ def cmd_run(args) -> int:
     if seeds:
         return _run_seeds(args, experiment, plugins, seeds, resume)
     runner = ExperimentRunner(experiment, plugins)
+    plugins.manager.register(Banner(runner))
     try:
         results = runner.run(resume=resume, resume_run_id=run_id, resume_changed=args.resume_changed)
     except KeyboardInterrupt:
@@ -37,7 +56,9 @@ def cmd_run(args) -> int:
         print(terminal(runner.report))
     if getattr(runner, "registered", None):
         print(f"registered: {runner.registered} (a teacher elsewhere with `uri: {runner.registered}`)")
-    print(f"compare runs with: mentor compare {experiment.tracking.experiment or experiment.name}")
+    name = experiment.tracking.experiment or experiment.name
+    print(f"run {runner.parent} finished. Open it with: mentor ui  (experiment '{name}'); "
+          f"rank its stages with: mentor compare {name}")
     return 0
 
 

@@ -314,6 +314,7 @@ def fit(
             metrics["throughput"] = seen / max(elapsed, 1e-9)
             evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             if evaluated:
+                progress.phase("evaluating")
                 for name, batches_ in evals.items():
                     for key, value in evaluate(task.model, batches_, runtime).items():
                         metrics[f"{name}/{key}"] = value
@@ -322,6 +323,7 @@ def fit(
             if evaluated and is_better(metrics, best, cfg.select_on):
                 best = dict(metrics)
                 best_state = cpu_state(task.model) if cfg.keep == "best" else None
+            progress.phase("saving checkpoint")
             if distributed.is_main():
                 checkpoint.save_atomic(
                     {
@@ -337,8 +339,9 @@ def fit(
                     },
                     checkpoint_path,
                 )
-            progress.end_epoch(epoch, metrics)
+            progress.phase("logging")
             stopped = report(epoch, metrics)
+            progress.end_epoch(epoch, metrics)
             if stopped:  # a callback ended this loop: say so in the checkpoint, so a resume does not go on
                 if distributed.is_main():
                     state = checkpoint.load(checkpoint_path)
