@@ -312,6 +312,7 @@ class StageContext(Recording):
             return result
 
         self.stop_reason = None
+        self.describe_fit(task, model_key, phase)
 
         def report(epoch: int, metrics: dict[str, float]) -> str | None:
             self.tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"},

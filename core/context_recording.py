@@ -1,7 +1,8 @@
 """Recording from a stage: the metrics, figures, tables and child runs of the run a stage writes to.
 
-``StageContext`` inherits these; they need only ``tracker`` and ``run_id``
-(the stage's MLflow run, or a child run inside ``nested``).
+``StageContext`` inherits these; they need ``tracker`` and ``run_id`` (the
+stage's MLflow run, or a child run inside ``nested``); ``describe_fit`` also
+the stage's ``dir``, ``experiment`` and ``stage``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import contextlib
 import io
 
 import polars as pl
+
+from .engine.distributed import is_main
 
 
 class StopRun(Exception):
@@ -45,6 +48,29 @@ class Recording:
     def log_dataset(self, table: pl.DataFrame, name: str, context: str) -> None:
         """A polars table as an MLflow dataset input of the current run (shown in the UI's Datasets)."""
         self.tracker.log_dataset(self.run_id, table, name, context)
+
+    def describe_fit(self, task, model_key: str, phase: str | None) -> None:
+        """The trained model's architecture and size, and the rows it trains on (an MLflow dataset input),
+        on the run that records this fit; once per run and phase, so a resumed run adds nothing."""
+        marker = self.dir / f"described-{self.run_id}-{phase or 'fit'}"
+        if not is_main() or marker.exists():
+            return
+        model = getattr(task.model, "_orig_mod", task.model)
+        prefix = f"{phase}." if phase else ""
+        spec = self.experiment.models.get(model_key)
+        self.tracker.log_params(self.run_id, {f"{prefix}model.key": model_key,
+                         f"{prefix}model.architecture": (spec.name or spec.uri) if spec else type(model).__name__,
+                         f"{prefix}model.parameters": sum(p.numel() for p in model.parameters()),
+                         f"{prefix}model.trainable_parameters": sum(p.numel() for p in model.parameters()
+                                                                    if p.requires_grad)})
+        self.log_text(str(model), f"model/{prefix}architecture.txt")
+        data = task.data
+        columns = {"index": data.index.numpy()}
+        if data.labels.ndim == 1:  # hard labels (soft targets are rows of probabilities)
+            columns["label"] = data.labels.numpy()
+        self.log_dataset(pl.DataFrame(columns), f"{self.stage.name}-{prefix}train", "training")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
     @staticmethod
     def confidence_histogram(confidence, selected=None):

@@ -32,6 +32,7 @@ import yaml
 from . import shipping
 from .config.errors import located_error
 from .config.loader import references, teacher_model_key, trained_model_key
+from .config.schema import applicable
 from .context import RunState, StageContext, StageResult
 from .context_recording import StopRun
 from .data.splits import SplitError, Splits, make_splits
@@ -203,7 +204,7 @@ class ExperimentRunner:
             return parent
         parent = self.tracker.start_run(self.run_name(), {**self.source_tags(exp.description), **tags},
                                         parent=self.parent_run_id)
-        self.tracker.log_params(parent, self.config)
+        self.tracker.log_params(parent, applicable(self.config))
         self.tracker.log_text(parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
         return parent
 
@@ -355,8 +356,10 @@ class ExperimentRunner:
         note = f"stage {stage.name} ({stage.kind}: {method.description}) of {self.experiment.name}"
         name = f"{stage.name} · {self.run_name().split(' · ', 1)[1]}"
         run_id = self.tracker.start_run(name, {**self.source_tags(note), **tags}, parent=self.parent)
-        self.tracker.log_params(run_id, {"stage": stage.model_dump(mode="json"),
+        stage_config = stage.model_dump(mode="json")
+        self.tracker.log_params(run_id, {"stage": applicable(stage_config),
                                          "data": self.config["data"], "seed": self.experiment.seed})
+        self.tracker.log_text(run_id, yaml.safe_dump(stage_config, sort_keys=False), "stage.yaml")
         return run_id
 
 

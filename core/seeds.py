@@ -27,6 +27,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from .config.schema import applicable
 from .context import StageResult
 from .engine import distributed
 from .pipeline import ExperimentRunner, NothingToResume, config_hash
@@ -98,7 +99,7 @@ def run_seeds(experiment, plugins, seeds: list[int], *, resume: bool = False) ->
         if base.description:
             tags["mlflow.note.content"] = base.description
         parent = tracker.start_run(f"{base.name} · seeds {','.join(map(str, seeds))}", tags)
-        tracker.log_params(parent, config)
+        tracker.log_params(parent, applicable(config))
         tracker.log_text(parent, yaml.safe_dump(config, sort_keys=False), "config.yaml")
     else:
         tracker.reopen(parent)

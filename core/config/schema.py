@@ -228,6 +228,29 @@ class ScheduleConfig(Params):
     min_lr: float = Field(default=0.0, ge=0, description="cosine: final learning rate")
 
 
+#: the options each optimizer and schedule reads; the others are not logged as a run's parameters
+OPTIMIZER_OPTIONS = {"sgd": {"name", "lr", "momentum", "nesterov", "weight_decay"},
+                     "adamw": {"name", "lr", "weight_decay", "betas"}}
+SCHEDULE_OPTIONS = {"cosine": {"name", "warmup_epochs", "min_lr"},
+                    "multistep": {"name", "warmup_epochs", "milestones", "gamma"},
+                    "constant": {"name", "warmup_epochs"}}
+
+
+def applicable(config):
+    """A dumped config without the optimizer and schedule options its choices do not read (Adam's betas on
+    SGD, milestones on a cosine schedule), so that a run's parameters say what it used."""
+    if isinstance(config, list):
+        return [applicable(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    keys = set(config)
+    for fields, options in ((OptimizerConfig.model_fields, OPTIMIZER_OPTIONS),
+                            (ScheduleConfig.model_fields, SCHEDULE_OPTIONS)):
+        if keys == set(fields) and config.get("name") in options:
+            return {k: v for k, v in config.items() if k in options[config["name"]]}
+    return {k: applicable(v) for k, v in config.items()}
+
+
 class ExportConfig(Params):
     """``export:`` on a stage: its kept model as ONNX, checked by ONNX Runtime, optionally int8 too."""
 
