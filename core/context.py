@@ -361,11 +361,19 @@ class StageContext(Recording):
         distributed.barrier()  # the other ranks may read final.pt from here on
         return outcome
 
+    def _teacher_reference(self) -> dict[str, float]:
+        """The teacher stage's kept test accuracy, drawn on a student's curves (a stage-trained teacher only)."""
+        teacher = getattr(self.stage, "teacher", None)
+        result = self.results.get(teacher) if isinstance(teacher, str) else None
+        value = result.metrics.get("kept/test/accuracy", result.metrics.get("best/test/accuracy")) if result else None
+        return {f"teacher ({teacher}) test/accuracy": value} if value is not None else {}
+
     def _log_artifacts(self, model: nn.Module, model_key: str, result: FitResult, weights: Path,
                        prefix: str, export: bool) -> None:
         from .tracking import plots
 
-        self.log_figure(plots.learning_curves(result.history), f"{prefix}plots/learning_curves.png")
+        self.log_figure(plots.learning_curves(result.history, self._teacher_reference()),
+                        f"{prefix}plots/learning_curves.png")
         self.log_confusion_matrix(model, f"{prefix}plots/confusion_matrix.png")
         self.tracker.log_file(self.run_id, weights, f"{prefix}checkpoints")
         if export and self.experiment.tracking.log_model:

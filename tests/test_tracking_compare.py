@@ -270,19 +270,23 @@ def test_learning_curves_panels_carry_the_values():
         {"epoch": 2, "train/loss": 0.7, "train/kd_loss": 0.3, "val/accuracy": 0.75,
          "test/accuracy": 0.74, "lr": 0.01},
     ]
-    fig = plots.learning_curves(history)
+    fig = plots.learning_curves(history, {"teacher (t) test/accuracy": 0.8})
     try:
         assert isinstance(fig, Figure)
-        assert len(fig.axes) == 2
-        loss_ax, acc_ax = fig.axes
+        assert len(fig.axes) == 3
+        loss_ax, acc_ax, lr_ax = fig.axes
         loss = {line.get_label(): line for line in loss_ax.get_lines()}
         acc = {line.get_label(): line for line in acc_ax.get_lines()}
         assert set(loss) == {"train/loss", "train/kd_loss"}
-        assert set(acc) == {"val/accuracy", "test/accuracy"}
-        assert list(loss["train/loss"].get_xdata()) == [0, 1, 2]
+        assert set(acc) == {"val/accuracy", "test/accuracy", "teacher (t) test/accuracy"}
+        assert list(acc["teacher (t) test/accuracy"].get_ydata()) == [0.8, 0.8]  # a horizontal line
+        assert list(loss["train/loss"].get_xdata()) == [1, 2, 3]  # epochs 1-based, as the terminal counts
         assert list(loss["train/loss"].get_ydata()) == pytest.approx([1.5, 0.9, 0.7])
+        assert list(lr_ax.get_lines()[0].get_ydata()) == pytest.approx([0.1, 0.05, 0.01])
+        fig.canvas.draw()
+        assert all(float(t).is_integer() for t in loss_ax.get_xticks())  # no fractional epoch ticks
         # missing epochs are skipped, not drawn as zero
-        assert list(loss["train/kd_loss"].get_xdata()) == [1, 2]
+        assert list(loss["train/kd_loss"].get_xdata()) == [2, 3]
         assert list(acc["test/accuracy"].get_ydata()) == pytest.approx([0.58, 0.69, 0.74])
         assert loss_ax.get_xlabel() == "epoch"
         buf = io.BytesIO()

@@ -64,6 +64,9 @@ def _plot_keys(ax: Any, history: Sequence[Mapping[str, Any]], xs: list[float],
         ax.plot(px, py, marker="o" if len(points) <= 30 else None, markersize=3, label=key)
     ax.set_title(title)
     ax.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
@@ -73,13 +76,15 @@ def _plot_keys(ax: Any, history: Sequence[Mapping[str, Any]], xs: list[float],
                 color="grey")
 
 
-def learning_curves(history: list[dict[str, float]]) -> Figure:
-    """Two panels, loss and accuracy, against the epoch.
+def learning_curves(history: list[dict[str, float]], references: Mapping[str, float] | None = None) -> Figure:
+    """Loss and accuracy panels, and the learning rate's if logged, against the 1-based epoch.
 
     ``history`` holds one dict per epoch, e.g. ``{"epoch": 0, "train/loss": 1.2,
-    "val/accuracy": 0.5, "test/accuracy": 0.49, "lr": 0.1}``. The left panel shows every
-    key whose last ``/``-part ends in ``loss`` (``train/loss``, ``val/loss``,
-    ``train/kd_loss``), the right one every key whose last part ends in ``accuracy``.
+    "val/accuracy": 0.5, "test/accuracy": 0.49, "lr": 0.1}`` (``epoch`` 0-based, drawn
+    as epoch + 1, as the terminal counts). The loss panel shows every key whose last
+    ``/``-part ends in ``loss`` (``train/loss``, ``val/loss``, ``train/loss/kd``), the
+    accuracy panel every key whose last part ends in ``accuracy``, with each of
+    ``references`` (e.g. ``{"teacher test/accuracy": 0.91}``) as a dashed line.
     Missing, None or non-finite values are skipped (a metric evaluated only every few
     epochs still draws). Without an ``"epoch"`` key the row index is used.
     """
@@ -87,7 +92,7 @@ def learning_curves(history: list[dict[str, float]]) -> Figure:
     xs: list[float] = []
     for i, row in enumerate(history):
         epoch = _as_float(row.get("epoch"))
-        xs.append(float(i) if epoch is None else epoch)
+        xs.append((float(i) if epoch is None else epoch) + 1)
 
     keys: list[str] = []
     for row in history:
@@ -96,11 +101,16 @@ def learning_curves(history: list[dict[str, float]]) -> Figure:
     acc_keys = [k for k in keys if _is_accuracy(k)]
     # train/loss first, then the rest in order of appearance
     loss_keys.sort(key=lambda k: k != "train/loss")
+    with_lr = any(_as_float(row.get("lr")) is not None for row in history)
 
-    fig = _new_figure(11.0, 4.0)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    _plot_keys(ax_loss, history, xs, loss_keys, "loss", "Loss")
-    _plot_keys(ax_acc, history, xs, acc_keys, "accuracy", "Accuracy")
+    fig = _new_figure(16.0 if with_lr else 11.0, 4.0)
+    axes = fig.subplots(1, 3 if with_lr else 2)
+    _plot_keys(axes[0], history, xs, loss_keys, "loss", "Loss")
+    for i, (label, value) in enumerate((references or {}).items()):
+        axes[1].axhline(value, linestyle="--", linewidth=1, color=f"C{len(acc_keys) + i}", label=label)
+    _plot_keys(axes[1], history, xs, acc_keys, "accuracy", "Accuracy")
+    if with_lr:
+        _plot_keys(axes[2], history, xs, ["lr"], "learning rate", "Learning rate (end of epoch)")
     return fig
 
 
