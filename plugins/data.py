@@ -302,7 +302,10 @@ def _load_images(samples: list[tuple[str, int]], image_size: int, grayscale: boo
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], ...]:
-    """Per-channel mean and std (population) of uint8 images, in [0, 1] scale."""
+    """Per-channel mean and std (population) of uint8 images, in [0, 1] scale.
+
+    A channel with no spread (every pixel equal) gets std 1: normalising it then only centres it,
+    where dividing by its std of 0 would make every input infinite."""
     c = images.shape[1]
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
@@ -313,6 +316,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     count = max(1, images.shape[0] * images.shape[2] * images.shape[3])
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 

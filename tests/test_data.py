@@ -150,10 +150,11 @@ def test_image_folder(tmp_path):
     assert bundle.test.labels.tolist() == [0, 1]
     cats = bundle.train.images[bundle.train.labels == 0]
     assert int(cats[:, 0].min()) == 255 and int(cats[:, 2].max()) == 0  # red stayed red
-    # half the train pixels are red, half blue: R mean 0.5, std 0.5; G all zero
+    # half the train pixels are red, half blue: R mean 0.5, std 0.5; G all zero, so no spread: std 1
+    # (normalising only centres it; a std of 0 would divide by zero)
     mean, std = bundle.info.mean, bundle.info.std
     assert mean == pytest.approx((0.5, 0.0, 0.5), abs=1e-6)
-    assert std == pytest.approx((0.5, 0.0, 0.5), abs=1e-6)
+    assert std == pytest.approx((0.5, 1.0, 0.5), abs=1e-6)
 
     gray = data_plugin.image_folder(root=str(root), image_size=5, grayscale=True)
     assert gray.train.images.shape == (6, 1, 5, 5) and gray.info.in_channels == 1

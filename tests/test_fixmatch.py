@@ -153,7 +153,7 @@ def test_fixmatch_stage_logs_its_metrics_and_keeps_the_ema(workdir, tiny_config,
              if r.data.tags.get("mentor.stage") == "fm"]
     for key in ("train/loss_s", "train/loss_u", "fixmatch/mask_rate", "fixmatch/pseudo_label_accuracy_all"):
         history = c.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in history) == [0, 1], key
+        assert sorted(m.step for m in history) == [1, 2], key  # 1-based epochs
     assert all(0 <= m.value <= 1 for m in c.get_metric_history(run.info.run_id, "fixmatch/mask_rate"))
     accuracy = c.get_metric_history(run.info.run_id, "fixmatch/pseudo_label_accuracy")
     assert accuracy and all(0 <= m.value <= 1 for m in accuracy)
@@ -179,7 +179,7 @@ def test_a_stage_without_unlabeled_images_is_a_located_error(workdir, tiny_confi
 
 def test_a_bad_threshold_is_located_and_the_cli_exits_2(tmp_path, write_yaml, tiny_config, plugins):
     config = fixmatch_config(tiny_config, threshold=1.5)
-    config["data"]["source"] = "fashion_mnist"
+    config["data"].update(source="fashion_mnist", params={})  # a source the file only names: nothing is loaded
     path = write_yaml(config)
     from mentor.config import load_experiment
 

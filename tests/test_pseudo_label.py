@@ -51,7 +51,7 @@ def test_pseudo_label_then_finetune_records_diagnostics(workdir, plugins, tiny_c
     assert 0 <= m["pseudo/precision"] <= 1
     # the epoch axis continues from pre-training into fine-tuning
     steps = sorted(x.step for x in c.get_metric_history(round1.info.run_id, "val/accuracy"))
-    assert steps == [0, 1, 2]
+    assert steps == [1, 2, 3]  # 1-based epochs
     assert stage.data.metrics["last/test/accuracy"] == results["pl"].metrics["last/test/accuracy"]
 
     paths = {a.path for a in c.list_artifacts(round1.info.run_id, "pseudo_labels")}
@@ -65,7 +65,9 @@ def test_pseudo_label_then_finetune_records_diagnostics(workdir, plugins, tiny_c
     assert per_class["selected"].sum() == 200
     assert abs(per_class["correct"].sum() / 200 - m["pseudo/precision"]) < 1e-9
     inputs = c.get_run(round1.info.run_id).inputs.dataset_inputs
-    assert [i.dataset.name for i in inputs] == ["pl-pseudo-labels-round1"]
+    # the selection, and the rows each phase trained on (pre-training: the selected rows; then the labeled)
+    assert sorted(i.dataset.name for i in inputs) == ["pl-pseudo-labels-round1", "pl-round1/finetune.train",
+                                                      "pl-round1/train.train"]
 
 
 def test_noisy_student_rounds_are_nested_runs(workdir, plugins, tiny_config):
