@@ -144,7 +144,18 @@ def cmd_ui(args) -> int:
     root = artifact_root(uri)
     if root:
         command += ["--default-artifact-root", root]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    from mlflow import MlflowClient
+
+    from .tracking.store import ui_url
+
+    experiment_id = None
+    if args.experiment:
+        found = MlflowClient(uri).get_experiment_by_name(args.experiment)
+        if found is None:
+            err(f"error: no experiment '{args.experiment}' in {uri}")
+            return EXIT_USAGE
+        experiment_id = found.experiment_id
+    print(f"MLflow UI for {uri}: open {ui_url(f'http://{args.host}:{args.port}', experiment_id)}", flush=True)
     os.execv(sys.executable, command)
     return 0  # pragma: no cover - execv does not return
 
@@ -161,7 +172,7 @@ examples, one per command:
   mentor export RUN_ID                                        a stage to ONNX, checked by ONNX Runtime
   mentor bench experiments/quickstart.yaml                    time each stage's training step
   mentor predict RUN_ID photos/                               top-k classes of image files
-  mentor ui                                                   the MLflow UI on mentor's store
+  mentor ui --experiment fashion-quickstart                   the MLflow UI on mentor's store
 `mentor COMMAND --help` tells more; README.md and docs/ the rest.
 """
 
@@ -281,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--experiment", default=None, help="print the address of this experiment's runs table")
     p.set_defaults(func=cmd_ui)
     return parser
 

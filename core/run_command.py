@@ -34,13 +34,16 @@ def cmd_run(args) -> int:
     if seeds:
         return _run_seeds(args, experiment, plugins, seeds, resume)
     runner = ExperimentRunner(experiment, plugins)
-    plugins.manager.register(Banner(runner))
+    banner = Banner(runner)
+    plugins.manager.register(banner)  # for this run only: the plugin manager may serve later runs
     try:
         results = runner.run(resume=resume, resume_run_id=run_id, resume_changed=args.resume_changed)
     except KeyboardInterrupt:
         if is_main():  # under torchrun, rank 0 speaks for all
             err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume")
         return EXIT_INTERRUPTED
+    finally:
+        plugins.manager.unregister(banner)
     if not is_main():
         return 0
     for name, result in results.items():
@@ -57,7 +60,7 @@ def cmd_run(args) -> int:
     if getattr(runner, "registered", None):
         print(f"registered: {runner.registered} (a teacher elsewhere with `uri: {runner.registered}`)")
     name = experiment.tracking.experiment or experiment.name
-    print(f"run {runner.parent} finished. Open it with: mentor ui  (experiment '{name}'); "
+    print(f"run {runner.parent} finished. Open it with: mentor ui --experiment {name}; "
           f"rank its stages with: mentor compare {name}")
     return 0
 

@@ -31,7 +31,7 @@ def test_a_run_says_what_runs_where_and_how_to_open_it(workdir, capsys):
     epochs = [line for line in out if line.startswith("[")]
     assert [line.split("  ")[0] for line in epochs] == ["[first] epoch 1/2", "[first] epoch 2/2", "[second] epoch 1/1"]
     assert all("train/loss " in line and "val/accuracy " in line for line in epochs)
-    assert out[-1] == (f"run {run_id} finished. Open it with: mentor ui  (experiment 'terminal'); "
+    assert out[-1] == (f"run {run_id} finished. Open it with: mentor ui --experiment terminal; "
                        "rank its stages with: mentor compare terminal")
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 DEFAULT_DIR = Path("mlruns")
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -35,9 +36,20 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
     root = artifact_root(uri)
     location = f"{root}/{name}" if root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # the kind tag tells the MLflow UI this is model training, not a GenAI app (its traces overview)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # created meanwhile by another process
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The address to open: an experiment's runs table in the UI's model-training view (MLflow 3 opens
+    on its GenAI traces overview otherwise)."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

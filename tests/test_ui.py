@@ -1,0 +1,138 @@
+"""`mentor ui` serves the store `mentor run` wrote, and what a person opens there is what we promise:
+run names that tell runs apart, stage runs linked under their experiment run, summary metrics, per-step
+and per-epoch curves, and the artifacts, all read back through MLflow's REST API, as the UI reads them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+
+from .conftest import TINY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}/api/2.0/mlflow/"
+
+    def get(self, endpoint: str, **query):
+        url = self.base + endpoint + ("?" + urllib.parse.urlencode(query) if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+
+    def post(self, endpoint: str, body: dict):
+        request = urllib.request.Request(self.base + endpoint, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A quickstart-shaped run (teacher, scratch and distilled student) through the CLI, then `mentor ui`."""
+    config = {**TINY, "name": "ui-check", "description": "teacher, scratch and KD student",
+              "data": {"source": "random_images", "val_size": 32,
+                       "params": {"train_size": 160, "test_size": 32, "num_classes": 4, "channels": 1,
+                                  "image_size": 8}},
+              "tracking": {"log_model": False, "log_every_steps": 2}}
+    student = dict(TINY["stages"][1], epochs=2)
+    config["stages"] = [dict(TINY["stages"][0]),
+                        {**student, "name": "scratch", "losses": [{"name": "cross_entropy"}]},
+                        {**student, "name": "kd"}]
+    path = tmp_path / "ui.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {"CI": "1", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "mentor.cli", "run", str(path)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    port = free_port()
+    said = tmp_path / "ui.out"
+    with said.open("w") as out:
+        ui = subprocess.Popen([sys.executable, "-m", "mentor.cli", "ui", "--port", str(port), "--experiment",
+                               "ui-check"], cwd=tmp_path, stdout=out, stderr=subprocess.DEVNULL)
+    api = Api(port)
+    try:
+        deadline, experiment = time.time() + 90, None
+        while time.time() < deadline and experiment is None:
+            try:
+                experiment = api.get("experiments/get-by-name", experiment_name="ui-check")["experiment"]
+            except OSError:
+                time.sleep(1)
+        assert experiment is not None, "the MLflow UI did not answer within 90 s"
+        # it says where the runs table is, in the UI's model-training view (not its GenAI overview)
+        address = f"http://127.0.0.1:{port}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning"
+        assert said.read_text().splitlines()[0].endswith(f"open {address}")
+        assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        yield api, experiment, path
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+
+
+def test_the_ui_shows_named_linked_runs_with_summaries_curves_and_artifacts(served):
+    api, experiment, path = served
+    runs = api.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
+    [parent] = [r for r in runs if tags[r["info"]["run_id"]]["mentor.kind"] == "experiment"]
+    parent_id = parent["info"]["run_id"]
+    stages = {tags[r["info"]["run_id"]]["mentor.stage"]: r for r in runs
+              if tags[r["info"]["run_id"]]["mentor.kind"] == "stage"}
+    assert set(stages) == {"teacher", "scratch", "kd"}
+
+    # names that tell runs apart, the description, the source and the parent-child links
+    short_hash = tags[parent_id]["mentor.config_hash"][:7]
+    assert parent["info"]["run_name"] == f"ui-check · seed 0 · {short_hash}"
+    assert tags[parent_id]["mlflow.note.content"] == "teacher, scratch and KD student"
+    assert tags[parent_id]["mlflow.source.name"] == str(path) and tags[parent_id]["mlflow.user"]
+    for name, run in stages.items():
+        run_id = run["info"]["run_id"]
+        assert run["info"]["run_name"] == f"{name} · seed 0 · {short_hash}"
+        assert tags[run_id]["mlflow.parentRunId"] == parent_id
+        assert run["info"]["status"] == "FINISHED"
+
+    # summaries: one value each, on the stage run and, prefixed by the stage, on the experiment run
+    kd_id = stages["kd"]["info"]["run_id"]
+    kd_metrics = {m["key"]: m["value"] for m in stages["kd"]["data"]["metrics"]}
+    parent_metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    for key in ("best/val/accuracy", "best/test/accuracy", "last/test/accuracy", "kept/test/accuracy",
+                "best/epoch"):
+        assert key in kd_metrics, key
+        assert parent_metrics[f"kd/{key}"] == kd_metrics[key]
+    assert kd_metrics["best/epoch"] in (1, 2)  # 1-based, as the terminal counts
+
+    def history(run_id: str, key: str) -> dict[int, float]:
+        found = api.get("metrics/get-history", run_id=run_id, metric_key=key)["metrics"]
+        return {m["step"]: m["value"] for m in found}
+
+    # per-epoch curves on 1-based epochs; per-step curves every 2 steps (128 images / 32: 4 steps an epoch)
+    for key in ("val/accuracy", "test/accuracy", "train/loss", "train/accuracy", "train/loss/kd", "lr"):
+        assert sorted(history(kd_id, key)) == [1, 2], key
+    for key in ("step/train/loss", "step/train/loss/kd", "step/train/accuracy", "step/lr"):
+        assert sorted(history(kd_id, key)) == [2, 4, 6, 8], key
+    lr = history(kd_id, "step/lr")
+    assert lr[2] > lr[8] > 0
+
+    # artifacts: the resolved stage config, plots and weights on the stage run, the file's config on the parent
+    def listed(run_id: str, folder: str = "") -> set[str]:
+        query = {"run_id": run_id, **({"path": folder} if folder else {})}
+        return {f["path"] for f in api.get("artifacts/list", **query).get("files", [])}
+
+    assert {"stage.yaml", "plots", "checkpoints"} <= listed(kd_id)
+    assert listed(kd_id, "plots") == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    assert "config.yaml" in listed(parent_id)
+    params = {p["key"]: p["value"] for p in stages["kd"]["data"]["params"]}
+    assert params["stage.losses.1.params.temperature"] == "2.0"
+    assert not any(k.startswith("stage.optimizer.betas") for k in params)  # SGD: Adam's options do not apply
