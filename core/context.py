@@ -80,7 +80,8 @@ def _cross_entropy_step(model: nn.Module, label_smoothing: float):
         logits = model(x)
         if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss in float32
             logits = logits.float()
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), {}
+        accuracy = (logits.detach().argmax(1) == y).float().mean()  # train/accuracy, on the augmented batch
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), {"accuracy": accuracy}
 
     return step
 
@@ -316,15 +317,21 @@ class StageContext(Recording):
 
         def report(epoch: int, metrics: dict[str, float]) -> str | None:
             self.tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
-                                     step=step_offset + epoch)
+                                     step=step_offset + epoch + 1)  # epochs are 1-based in MLflow
             self.hook.on_epoch_end(stage=self.stage, ctx=self, epoch=epoch, metrics=metrics)
             return self.stop_reason
+
+        steps_key = f"step/{phase}/" if phase else "step/"  # each fit its own step axis: phases differ in length
+
+        def report_step(step: int, metrics: dict[str, float]) -> None:
+            self.tracker.log_metrics(self.run_id, {steps_key + k: v for k, v in metrics.items()}, step=step)
 
         result: FitResult = fit(
             task, cfg, stage=f"{self.stage.name}/{phase}" if phase else self.stage.name, seed=self.seed,
             info=self.info, eval_sets={"val": self.splits.val, "test": self.splits.test},
             augment=self.augment_config(cfg), runtime=self.runtime,
             checkpoint_path=folder / "checkpoint.pt", report=report,
+            report_step=report_step, log_every_steps=self.experiment.tracking.log_every_steps,
         )
         if result.stopped:
             print(f"[{self.stage.name}{'/' + phase if phase else ''}] stopped after epoch "
@@ -340,9 +347,9 @@ class StageContext(Recording):
         kept = result.best if cfg.keep == "best" and result.best_state is not None else result.last
         summary.update({f"kept/{k}": kept[k] for k in SUMMARY_KEYS if k in kept})
         if "epoch" in result.best:
-            summary["best/epoch"] = step_offset + result.best["epoch"]
+            summary["best/epoch"] = step_offset + result.best["epoch"] + 1  # 1-based, as logged and printed
         if "epoch" in kept:
-            summary["kept/epoch"] = step_offset + kept["epoch"]
+            summary["kept/epoch"] = step_offset + kept["epoch"] + 1
         outcome = StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
         if distributed.is_main():
             checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)

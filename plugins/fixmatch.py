@@ -157,7 +157,7 @@ def run_fixmatch(stage: FixMatchStage, ctx: StageContext) -> StageResult:
 
     def on_epoch(epoch: int) -> None:
         if epoch > 0:
-            ctx.log_metrics(record.metrics(ctx), step=epoch - 1)
+            ctx.log_metrics(record.metrics(ctx), step=epoch)  # the epoch that ended, 1-based
         feed.start(epoch)
         trained["epochs"] += 1
 
@@ -175,7 +175,7 @@ def run_fixmatch(stage: FixMatchStage, ctx: StageContext) -> StageResult:
                      state=method.state(), averages_gradients=True)
     result = ctx.fit(task, stage.model)
     if trained["epochs"]:  # the last epoch's pseudo-labels (none when a finished stage is resumed)
-        ctx.log_metrics(record.metrics(ctx), step=stage.epochs - 1)
+        ctx.log_metrics(record.metrics(ctx), step=stage.epochs)
     return result
 
 

@@ -144,6 +144,7 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
         weights = [spec.weight_at(epoch["now"]) for spec in stage.losses]
         total = sum(w * v for w, v in zip(weights, values, strict=True))
         logged = {f"loss/{n}": v for n, v in zip(names, values, strict=True)}
+        logged["accuracy"] = (logits.detach().argmax(1) == y).float().mean()  # against the true labels
         logged.update({f"weight/{n}": torch.tensor(w) for n, w, spec in zip(names, weights, stage.losses, strict=True)
                        if not isinstance(spec.weight, float | int)})  # a scheduled weight, as it was
         return total, logged

@@ -102,7 +102,7 @@ def run_mpl(stage: MPLStage, ctx: StageContext) -> StageResult:
     def on_epoch(epoch: int) -> None:
         every = stage.teacher_accuracy_every
         if epoch > 0 and every and epoch % every == 0:
-            ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=epoch - 1)
+            ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=epoch)  # the epoch that ended, 1-based
         feed.start(epoch)
         mpl.reseed(distributed.rank_seed(derive_seed(ctx.seed, "mpl", epoch)))
         trained["epochs"] += 1
@@ -121,7 +121,7 @@ def run_mpl(stage: MPLStage, ctx: StageContext) -> StageResult:
     result = ctx.fit(task, stage.student, phase="mpl" if stage.finetune else None,
                      export=stage.finetune is None)
     if trained["epochs"]:  # this fit trained (not a finished phase skipped on resume)
-        ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=stage.epochs - 1)
+        ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=stage.epochs)
     if stage.finetune is not None:
         result = fine_tune(ctx, stage, task.model)
     return result

@@ -200,14 +200,14 @@ def reference(tmp_path_factory):
 
 def test_two_processes_record_once_and_end_identical(reference):
     workdir, result, (rank0, rank1) = reference
-    assert result.stdout.count("compare runs with") == 1  # rank 0 alone speaks
+    assert result.stdout.count("rank its stages with") == 1  # rank 0 alone speaks
     c, found = runs(workdir)
     parents = [r for r in found if r.data.tags.get("mentor.kind") == "experiment"]
     stages = {r.data.tags["mentor.stage"]: r for r in found if r.data.tags.get("mentor.kind") == "stage"}
     assert len(found) == 4 and len(parents) == 1 and set(stages) == {"teacher", "student", "mpl"}
     assert parents[0].info.status == "FINISHED" and parents[0].data.tags["mentor.world_size"] == "2"
     student = stages["student"].info.run_id
-    assert [m.step for m in c.get_metric_history(student, "train/loss")] == [0, 1, 2]  # logged once, not twice
+    assert [m.step for m in c.get_metric_history(student, "train/loss")] == [1, 2, 3]  # logged once, not twice
     assert len(c.get_metric_history(student, "val/accuracy")) == 3
     checkpoints = list((workdir / "mlruns" / "checkpoints" / "tiny").iterdir())
     assert [p.name for p in checkpoints] == [parents[0].info.run_id]  # one state folder, the parent's

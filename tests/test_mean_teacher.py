@@ -129,7 +129,7 @@ def test_mean_teacher_stage_logs_its_terms_and_keeps_the_teacher(workdir, tiny_c
     [run] = [r for r in c.search_runs([c.get_experiment_by_name("mean-teacher").experiment_id])
              if r.data.tags.get("mentor.stage") == "mt"]
     for key in ("train/loss_s", "train/loss_u", "train/consistency_weight", "train/ema_decay", "val/accuracy"):
-        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, key)) == [0, 1], key
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, key)) == [1, 2], key  # 1-based epochs
     weights = [m.value for m in c.get_metric_history(run.info.run_id, "train/consistency_weight")]
     assert weights[0] < weights[1] == pytest.approx(5.0)  # ramped over the first epoch, then constant
     [state] = [torch.load(p, weights_only=False) for p in workdir.glob("mlruns/checkpoints/*/*/mt/checkpoint.pt")]

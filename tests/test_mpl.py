@@ -312,9 +312,9 @@ def test_mpl_stage_logs_its_quantities_and_resumes_to_the_same_result(workdir, t
                 "teacher/loss/labeled_ce", "uda/mask_rate", "student/loss/pseudo", "lr/student", "lr/teacher"):
         assert f"train/{key}" in metrics, key
     accuracy = c.get_metric_history(stage.info.run_id, "pseudo/teacher_accuracy")
-    assert sorted(m.step for m in accuracy) == [0, 1, 2] and all(0 <= m.value <= 1 for m in accuracy)
+    assert sorted(m.step for m in accuracy) == [1, 2, 3] and all(0 <= m.value <= 1 for m in accuracy)
     steps = sorted(m.step for m in c.get_metric_history(stage.info.run_id, "val/accuracy"))
-    assert steps == [0, 1, 2, 3]  # three MPL epochs, then the fine-tune continues the axis
+    assert steps == [1, 2, 3, 4]  # three MPL epochs, then the fine-tune continues the axis
     assert len(reference.history) == 1 and 0 <= reference.metrics["last/test/accuracy"] <= 1
 
     stopping = load_plugins(extra=[SyntheticData(), StopAfter("mpl", 2)])

@@ -368,6 +368,8 @@ class TrackingConfig(Params):
     cache_dir: str = Field(default="mlruns/cache", description="tables shared by stages, runs and sweep trials "
                            "(a teacher's scores of a pool), keyed by what they were computed from")
     log_model: bool = Field(default=True, description="log the final model as an MLflow model")
+    log_every_steps: int = Field(default=10, ge=0, description="log the training loss, its terms and the "
+                                 "learning rate every this many steps, as step/* metrics (0: per epoch only)")
     register: RegisterConfig | None = Field(
         default=None, description="register the kept student in the MLflow model registry: a name, or "
         "{name, stage}")

@@ -214,7 +214,12 @@ def fit(
     runtime: Runtime,
     checkpoint_path: Path,
     report: Callable[[int, dict[str, float]], None],
+    report_step: Callable[[int, dict[str, float]], None] | None = None,
+    log_every_steps: int = 0,
 ) -> FitResult:
+    """Train ``task`` for ``cfg.epochs``; ``report(epoch, metrics)`` after each epoch (0-based epoch),
+    ``report_step(step, metrics)`` every ``log_every_steps`` steps on rank 0 (1-based step of this fit:
+    the step's loss and terms, and the learning rate it used)."""
     device = runtime.device
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     for module in [task.model, *task.extra.values(), *task.frozen.values()]:
@@ -277,10 +282,12 @@ def fit(
             sums: dict[str, torch.Tensor] = {}
             nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: no sync per step
             batches, seen = 0, 0
+            lr_start = optimizer.param_groups[0]["lr"] if optimizer is not None else None
             t0 = time.perf_counter()
             for x, y in train.epoch(epoch):
                 if runtime.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                lr_now = optimizer.param_groups[0]["lr"] if optimizer is not None else None
                 with autocast(runtime):
                     loss, extra = step_fn(x, y)
                 if optimizer is not None:
@@ -294,6 +301,14 @@ def fit(
                     sums[key] = sums[key] + value if key in sums else value
                 batches += 1
                 seen += len(y)
+                step_number = epoch * len(train) + batches  # 1-based, over the whole fit
+                if report_step is not None and log_every_steps and step_number % log_every_steps == 0 \
+                        and distributed.is_main():  # one read of the device every log_every_steps steps
+                    values = {f"train/{k}": float(v.detach().float().mean())
+                              for k, v in {"loss": loss, **extra}.items()}
+                    if lr_now is not None:
+                        values["lr"] = lr_now
+                    report_step(step_number, values)
                 progress.advance()
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -309,8 +324,8 @@ def fit(
                 batches, seen = batches * world, int(totals[-1].item())
                 distributed.broadcast_buffers(trainable)  # rank 0's BatchNorm statistics, evaluated and saved
             metrics = {f"train/{k}": v.item() / max(batches, 1) for k, v in sums.items()}
-            if optimizer is not None:  # a manual task reports its own learning rates
-                metrics["lr"] = optimizer.param_groups[0]["lr"]
+            if optimizer is not None:  # the rate the epoch started with (a manual task reports its own)
+                metrics["lr"] = lr_start
             metrics["throughput"] = seen / max(elapsed, 1e-9)
             evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             if evaluated:
