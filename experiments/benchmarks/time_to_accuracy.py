@@ -11,7 +11,8 @@ excluded); an epoch's images are the stage's ``train_subset`` or
 ``--train-images``, less the partial last batch the loop drops. Also
 printed: the wall time from the stage run's start to that epoch's logged
 metric (everything included). Prints one JSON object; exit 1
-if the target was never reached.
+if the target was never reached. ``reached_at_epoch`` is 1-based, as the
+stage run's metric steps.
 """
 
 from __future__ import annotations
