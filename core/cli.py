@@ -146,15 +146,17 @@ def cmd_ui(args) -> int:
         command += ["--default-artifact-root", root]
     from mlflow import MlflowClient
 
-    from .tracking.store import ui_url
+    from .tracking.ui_view import publish_runs_view, ui_url
 
     experiment_id = None
     if args.experiment:
-        found = MlflowClient(uri).get_experiment_by_name(args.experiment)
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(args.experiment)
         if found is None:
             err(f"error: no experiment '{args.experiment}' in {uri}")
             return EXIT_USAGE
         experiment_id = found.experiment_id
+        publish_runs_view(client, experiment_id, found.tags)  # an experiment recorded by an older mentor too
     print(f"MLflow UI for {uri}: open {ui_url(f'http://{args.host}:{args.port}', experiment_id)}", flush=True)
     os.execv(sys.executable, command)
     return 0  # pragma: no cover - execv does not return

@@ -59,23 +59,30 @@ def served(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     port = free_port()
-    said = tmp_path / "ui.out"
-    with said.open("w") as out:
+    said, logged = tmp_path / "ui.out", tmp_path / "ui.err"
+    with said.open("w") as out, logged.open("w") as errors:
         ui = subprocess.Popen([sys.executable, "-m", "mentor.cli", "ui", "--port", str(port), "--experiment",
-                               "ui-check"], cwd=tmp_path, stdout=out, stderr=subprocess.DEVNULL)
+                               "ui-check"], cwd=tmp_path, stdout=out, stderr=errors)
     api = Api(port)
     try:
-        deadline, experiment = time.time() + 90, None
-        while time.time() < deadline and experiment is None:
+        deadline, experiment = time.time() + 300, None  # the server starts in seconds, slower on a busy machine
+        while time.time() < deadline and experiment is None and ui.poll() is None:
             try:
                 experiment = api.get("experiments/get-by-name", experiment_name="ui-check")["experiment"]
             except OSError:
                 time.sleep(1)
-        assert experiment is not None, "the MLflow UI did not answer within 90 s"
+        assert experiment is not None, f"the MLflow UI did not answer: {logged.read_text()[-2000:]}"
         # it says where the runs table is, in the UI's model-training view (not its GenAI overview)
-        address = f"http://127.0.0.1:{port}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning"
+        address = (f"http://127.0.0.1:{port}/#/experiments/{experiment['experiment_id']}/runs"
+                   "?workflowType=machine_learning&viewStateShareKey=mentor")
         assert said.read_text().splitlines()[0].endswith(f"open {address}")
-        assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        # the layout that address opens (MLflow's shared-view tag): stage runs grouped by stage, with summaries
+        view = json.loads(tags["mlflow.sharedViewState.mentor"])
+        assert view["searchFilter"] == "tags.`mentor.kind` = 'stage'"
+        assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "mentor.stage"}]
+        assert "metrics.`kept/test/accuracy`" in view["selectedColumns"]
         yield api, experiment, path
     finally:
         ui.terminate()

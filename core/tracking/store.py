@@ -28,28 +28,24 @@ def artifact_root(uri: str) -> str | None:
 
 
 def get_or_create_experiment(client, name: str, uri: str) -> str:
+    """The experiment's id, created if needed, with the runs view `mentor ui` opens (see ui_view)."""
+    from .ui_view import VIEW_TAG, publish_runs_view, runs_view
+
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        publish_runs_view(client, found.experiment_id, found.tags)
         return found.experiment_id
     root = artifact_root(uri)
     location = f"{root}/{name}" if root else None
     try:
         # the kind tag tells the MLflow UI this is model training, not a GenAI app (its traces overview)
         return client.create_experiment(name, artifact_location=location,
-                                        tags={EXPERIMENT_KIND: "custom_model_development"})
+                                        tags={EXPERIMENT_KIND: "custom_model_development", VIEW_TAG: runs_view()})
     except Exception:  # created meanwhile by another process
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
 
-
-def ui_url(base: str, experiment_id: str | None = None) -> str:
-    """The address to open: an experiment's runs table in the UI's model-training view (MLflow 3 opens
-    on its GenAI traces overview otherwise)."""
-    base = base.rstrip("/")
-    if experiment_id is None:
-        return f"{base}/#/experiments?workflowType=machine_learning"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

@@ -4,8 +4,8 @@
     mentor run experiments/quickstart.yaml        # a store with the quickstart in it (mlruns/ here)
     python docs/screenshots/take.py --experiment fashion-quickstart --stage student_kd
 
-Writes runs.png (the experiment's runs table, stage runs expanded under
-their parent), metrics.png (a stage run's charts) and overview.png (its
+Writes runs.png (the experiment's runs table as `mentor ui --experiment`
+opens it: stage runs grouped by stage), metrics.png (a stage run's charts) and overview.png (its
 summary metrics and parameters) into docs/screenshots/. Only loopback
 addresses are used; the UI is stopped at the end.
 """
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         run_id = stage["info"]["run_id"]
         view = "workflowType=machine_learning"
         args.out.mkdir(parents=True, exist_ok=True)
-        shoot(chromium, f"{base}/#/experiments/{eid}/runs?{view}", args.out / "runs.png", args.size)
+        from mentor.tracking.ui_view import ui_url
+
+        shoot(chromium, ui_url(base, eid), args.out / "runs.png", args.size)  # the address `mentor ui` prints
         shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}/model-metrics?{view}", args.out / "metrics.png",
               args.size)
         shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}?{view}", args.out / "overview.png", args.size)
