@@ -5,8 +5,10 @@
     python docs/screenshots/take.py --experiment fashion-quickstart --stage student_kd
 
 Writes runs.png (the experiment's runs table as `mentor ui --experiment`
-opens it: stage runs grouped by stage), metrics.png (a stage run's charts) and overview.png (its
-summary metrics and parameters) into docs/screenshots/. Only loopback
+opens it: stage runs grouped by stage) and overview.png (a stage run's page:
+name, parent, source, dataset, description, summary metrics) into
+docs/screenshots/. (Its Model metrics tab is not shot: MLflow orders chart
+sections alphabetically, so the best/kept/last summaries come first.) Only loopback
 addresses are used; the UI is stopped at the end.
 """
 
@@ -93,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         from mentor.tracking.ui_view import ui_url
 
         shoot(chromium, ui_url(base, eid), args.out / "runs.png", args.size)  # the address `mentor ui` prints
-        shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}/model-metrics?{view}", args.out / "metrics.png",
-              args.size)
         shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}?{view}", args.out / "overview.png", args.size)
     finally:
         ui.terminate()
