@@ -54,7 +54,7 @@ def served(tmp_path):
                         {**student, "name": "kd"}]
     path = tmp_path / "ui.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {"CI": "1", "PATH": "/usr/bin:/bin"}
+    env = {"CI": "1", "PATH": "/usr/bin:/bin"}  # the store under tmp_path: no MLFLOW_TRACKING_URI from outside
     run = subprocess.run([sys.executable, "-m", "mentor.cli", "run", str(path)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -62,7 +62,7 @@ def served(tmp_path):
     said, logged = tmp_path / "ui.out", tmp_path / "ui.err"
     with said.open("w") as out, logged.open("w") as errors:
         ui = subprocess.Popen([sys.executable, "-m", "mentor.cli", "ui", "--port", str(port), "--experiment",
-                               "ui-check"], cwd=tmp_path, stdout=out, stderr=errors)
+                               "ui-check"], cwd=tmp_path, env=env, stdout=out, stderr=errors)
     api = Api(port)
     try:
         deadline, experiment = time.time() + 300, None  # the server starts in seconds, slower on a busy machine
