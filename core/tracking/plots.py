@@ -110,7 +110,7 @@ def learning_curves(history: list[dict[str, float]], references: Mapping[str, fl
         axes[1].axhline(value, linestyle="--", linewidth=1, color=f"C{len(acc_keys) + i}", label=label)
     _plot_keys(axes[1], history, xs, acc_keys, "accuracy", "Accuracy")
     if with_lr:
-        _plot_keys(axes[2], history, xs, ["lr"], "learning rate", "Learning rate (end of epoch)")
+        _plot_keys(axes[2], history, xs, ["lr"], "learning rate", "Learning rate (start of epoch)")
     return fig
 
 
