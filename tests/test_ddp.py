@@ -128,6 +128,7 @@ def _mpl_step_on_two_ranks(rank: int, port: int, out: str) -> None:
             refused = str(exc)
         if rank == 0:
             torch.save({"one": one, "two": two, "refused": refused}, out)
+        dist.barrier()  # neither rank tears gloo down while the other may still be talking (a rare SIGABRT)
     finally:
         dist.destroy_process_group()
 
