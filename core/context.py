@@ -315,9 +315,12 @@ class StageContext(Recording):
         self.stop_reason = None
         self.describe_fit(task, model_key, phase)
 
-        def report(epoch: int, metrics: dict[str, float]) -> str | None:
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             self.tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
                                      step=step_offset + epoch + 1)  # epochs are 1-based in MLflow
+
+        def report(epoch: int, metrics: dict[str, float]) -> str | None:
+            log_epoch(epoch, metrics)
             self.hook.on_epoch_end(stage=self.stage, ctx=self, epoch=epoch, metrics=metrics)
             return self.stop_reason
 
@@ -332,7 +335,10 @@ class StageContext(Recording):
             augment=self.augment_config(cfg), runtime=self.runtime,
             checkpoint_path=folder / "checkpoint.pt", report=report,
             report_step=report_step, log_every_steps=self.experiment.tracking.log_every_steps,
+            flush=self.tracker.flush, relog=log_epoch,
         )
+        if task.on_end is not None:
+            task.on_end()
         if result.stopped:
             print(f"[{self.stage.name}{'/' + phase if phase else ''}] stopped after epoch "
                   f"{len(result.history)} of {cfg.epochs}: {result.stopped}", file=sys.stderr)

@@ -234,6 +234,7 @@ class ExperimentRunner:
                 done = ctx.dir / "result.json"
                 if done.is_file():
                     self.results[stage.name] = StageResult.load(done)
+                    self._close_done_stage(stage.name, self.results[stage.name])
                     continue
                 stage_run = self._stage_run(stage)
                 ctx.run_id = stage_run
@@ -267,6 +268,14 @@ class ExperimentRunner:
                 for callback in callbacks:
                     self.plugins.manager.unregister(callback)
         return self.results
+
+    def _close_done_stage(self, name: str, result: StageResult) -> None:
+        """A stage that finished before a kill: what a kill may have cut short after its result was
+        written (its metrics on the experiment's run, the end of its own run) is done now."""
+        self.tracker.log_metrics(self.parent, {f"{name}/{k}": v for k, v in result.metrics.items()})
+        for run in self.tracker.children(self.parent):
+            if run.data.tags.get("mentor.stage") == name and run.info.status != "FINISHED":
+                self.tracker.end_run(run.info.run_id, "FINISHED")
 
     @staticmethod
     def _export(ctx: StageContext, result: StageResult) -> None:

@@ -292,8 +292,13 @@ def _load_images(samples: list[tuple[str, int]], image_size: int, grayscale: boo
     images = torch.empty((len(samples), channels, image_size, image_size), dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.long)
     for i, (file, target) in enumerate(samples):
-        with Image.open(file) as img:
-            arr = np.asarray(img.convert("L" if grayscale else "RGB"))
+        try:
+            with Image.open(file) as img:
+                arr = np.asarray(img.convert("L" if grayscale else "RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # PIL's own messages ("image file is truncated", "exceeds limit of ... pixels") name no file
+            raise DataNotFound(f"{file}: not a readable image ({type(exc).__name__}: {exc}); "
+                               "replace or remove it") from None
         t = torch.from_numpy(arr.copy())
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
         images[i] = tvf.resize(t, [image_size, image_size], antialias=True)

@@ -97,7 +97,6 @@ def run_mpl(stage: MPLStage, ctx: StageContext) -> StageResult:
     if stage.teacher_accuracy_images is not None and stage.teacher_accuracy_images < len(unlabeled):
         g = torch.Generator().manual_seed(derive_seed(ctx.experiment.data.split_seed, "mpl-teacher-accuracy"))
         rows = torch.randperm(len(unlabeled), generator=g)[:stage.teacher_accuracy_images]
-    trained = {"epochs": 0}
 
     def on_epoch(epoch: int) -> None:
         every = stage.teacher_accuracy_every
@@ -105,7 +104,9 @@ def run_mpl(stage: MPLStage, ctx: StageContext) -> StageResult:
             ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=epoch)  # the epoch that ended, 1-based
         feed.start(epoch)
         mpl.reseed(distributed.rank_seed(derive_seed(ctx.seed, "mpl", epoch)))
-        trained["epochs"] += 1
+
+    def on_end() -> None:  # the teacher at the end, logged before the fit records its result
+        ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=stage.epochs)
 
     def step(x, y):
         x_uw, x_us = feed.next()
@@ -117,11 +118,9 @@ def run_mpl(stage: MPLStage, ctx: StageContext) -> StageResult:
 
     extra = {"teacher": teacher} | ({"student": student} if ema is not None else {})
     task = TrainTask(model=ema if ema is not None else student, step=step, data=labeled, extra=extra,
-                     on_epoch=on_epoch, manual=True, state=mpl.state(), averages_gradients=True)
+                     on_epoch=on_epoch, on_end=on_end, manual=True, state=mpl.state(), averages_gradients=True)
     result = ctx.fit(task, stage.student, phase="mpl" if stage.finetune else None,
                      export=stage.finetune is None)
-    if trained["epochs"]:  # this fit trained (not a finished phase skipped on resume)
-        ctx.log_metrics(_teacher_accuracy(ctx, stage, teacher, rows), step=stage.epochs)
     if stage.finetune is not None:
         result = fine_tune(ctx, stage, task.model)
     return result

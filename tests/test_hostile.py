@@ -188,3 +188,48 @@ def no_runs(workdir) -> bool:
         return True
     c = MlflowClient(tracking_uri=f"sqlite:///{db}")
     return not c.search_runs([e.experiment_id for e in c.search_experiments()])
+
+
+def _png_claiming(path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb as PIL sees one)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # the IHDR chunk's type and body
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bomb"])
+def test_an_unreadable_image_in_an_image_folder_is_named(tmp_path, capsys, monkeypatch, fault):
+    """PIL's 'image file is truncated' and its decompression-bomb error name no file; mentor's does."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (8, 8), color=40 * i + (100 if label == "b" else 0)).save(folder / f"{i}.png")
+    bad = tmp_path / "images" / "train" / "b" / "1.png"
+    if fault == "truncated":
+        Image.effect_noise((64, 64), 50).save(bad)
+        bad.write_bytes(bad.read_bytes()[:200])
+    else:
+        _png_claiming(bad, 20_000, 20_000)
+    config = {**GOOD, "data": {"source": "image_folder", "val_size": 2,
+                               "params": {"root": "images", "image_size": 8, "grayscale": True}}}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(config))
+    code = main(["run", "experiment.yaml"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{bad}: not a readable image" in err and "Traceback" not in err, err
+    assert ("truncated" in err) if fault == "truncated" else ("DecompressionBombError" in err)
+    assert no_runs(tmp_path)

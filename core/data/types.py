@@ -8,7 +8,8 @@ import torch
 
 
 class DataNotFound(Exception):
-    """A dataset is not on disk; the message says how to get it."""
+    """A dataset is not on disk or a file of it cannot be read; the message names the file or folder
+    and says how to get or fix it."""
 
 
 class DataInfoError(ValueError):

@@ -65,6 +65,9 @@ class TrainTask:
     extra: dict[str, nn.Module] = field(default_factory=dict)
     frozen: dict[str, nn.Module] = field(default_factory=dict)
     on_epoch: Callable[[int], None] | None = None  # told each epoch's number before it starts
+    # called on every rank after the last epoch, before the fit's result is recorded (and again on a
+    # resume that finds the last epoch's checkpoint): a final measurement logged here survives any kill
+    on_end: Callable[[], None] | None = None
     manual: bool = False
     state: dict[str, Any] = field(default_factory=dict)
     averages_gradients: bool = False
@@ -216,10 +219,17 @@ def fit(
     report: Callable[[int, dict[str, float]], None],
     report_step: Callable[[int, dict[str, float]], None] | None = None,
     log_every_steps: int = 0,
+    flush: Callable[[], None] | None = None,
+    relog: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``task`` for ``cfg.epochs``; ``report(epoch, metrics)`` after each epoch (0-based epoch),
     ``report_step(step, metrics)`` every ``log_every_steps`` steps on rank 0 (1-based step of this fit:
-    the step's loss and terms, and the learning rate it used)."""
+    the step's loss and terms, and the learning rate it used).
+
+    For a kill at any moment to lose nothing: ``flush()`` makes what was logged durable before each
+    checkpoint is written, and on resume ``relog(epoch, metrics)`` is called for each epoch the
+    checkpoint holds (the epoch a kill cut off between its checkpoint and its report included; a
+    tracker that keeps what it has ignores the rest)."""
     device = runtime.device
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     for module in [task.model, *task.extra.values(), *task.frozen.values()]:
@@ -269,6 +279,9 @@ def fit(
         stopped = state.get("stopped")
         if stopped:  # stopped early by a callback before the run was interrupted: it stays stopped
             start = cfg.epochs
+        if relog is not None and distributed.is_main():
+            for metrics in history:
+                relog(metrics["epoch"], metrics)
 
     progress = Progress(runtime.progress if distributed.is_main() else "none", stage, cfg.epochs, len(train))
     try:
@@ -340,6 +353,8 @@ def fit(
                 best_state = cpu_state(task.model) if cfg.keep == "best" else None
             progress.phase("saving checkpoint")
             if distributed.is_main():
+                if flush is not None:
+                    flush()  # the steps logged so far are in the store before the checkpoint says they ran
                 checkpoint.save_atomic(
                     {
                         "model": task.model.state_dict(),

@@ -92,6 +92,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
         self.experiment = experiment
+        self._logged: dict[str, set[tuple[str, int]]] = {}  # per reopened run: (metric, step) already there
 
     # -- runs ---------------------------------------------------------------------
     def start_run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
@@ -101,7 +102,13 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
     def reopen(self, run_id: str) -> None:
+        """Set a run RUNNING again to continue it (a resume). What it logged before stays as it was: a
+        metric at a step it already holds is not logged again, so a run resumed from its last checkpoint
+        repeats the steps after it without doubling them in its history (nor its summary metrics)."""
         self.client.update_run(run_id, status="RUNNING")
+        run = self.client.get_run(run_id)
+        self._logged[run_id] = {(key, m.step) for key in run.data.metrics
+                                for m in self.client.get_metric_history(run_id, key)}
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -132,8 +139,11 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        now, step = int(time.time() * 1000), step or 0
+        logged = self._logged.get(run_id, ())
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if (k, step) not in logged]
+        if not items:
+            return
         self.client.log_batch(run_id, metrics=items, synchronous=False)
 
     def flush(self) -> None:
@@ -161,6 +171,8 @@ class Tracker:
         import mlflow.pytorch
         import torch
 
+        if self._model_logged(run_id, name):
+            return
         # pickle is chosen on purpose (torch.export fails on many models); no need to warn each time
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         with fluent_tracking_uri(self.uri), mlflow.start_run(run_id=run_id, nested=True):
@@ -170,7 +182,20 @@ class Tracker:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
         # start_run(run_id=...) ended the run FINISHED on exit; the caller decides when it ends
-        self.reopen(run_id)
+        self.client.update_run(run_id, status="RUNNING")
+
+    def _model_logged(self, run_id: str, name: str) -> bool:
+        """Whether ``run_id`` holds a finished MLflow model ``name`` (a resumed run logs it once); one
+        left unfinished by a killed run is deleted, to be logged again."""
+        from mlflow.entities import LoggedModelStatus
+
+        models = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+        for model in models:
+            if model.status == LoggedModelStatus.READY:
+                return True
+            self.client.delete_logged_model(model.model_id)
+        return False
 
     def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
