@@ -119,6 +119,9 @@ FULL_TRIALS = [
     ["model@1"], ["time"], ["step", "step@2"], ["step", "checkpoint@1"], ["model@1", "stage@1"],
 ]
 
+#: When the sweep is killed (a fraction of its uninterrupted time) and whether all of it or one worker.
+SWEEP_KILLS = [(0.3, True), (0.6, True), (0.45, False)]
+
 
 # -- the child: mentor, armed to die --------------------------------------------------------------
 
@@ -382,39 +385,76 @@ def trial(name: str, config: dict, ref: dict, kills: list[str], workdir: Path, r
     return {"kills": log, "exact": not found, "differences": found}
 
 
-def sweep_trial(workdir: Path, kill_after: float) -> dict:
-    """A two-worker sweep killed (the whole process group, SIGKILL) ``kill_after`` seconds in, then run
-    again to the end: the study holds exactly its trials, each complete trial has one finished MLflow
-    run, nothing is left RUNNING."""
+def sweep_reference(workdir: Path) -> float:
+    """The seconds an uninterrupted two-worker sweep takes (its kills are placed by it)."""
     path = prepare(workdir, "sweep", SWEEP)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    argv = [sys.executable, "-m", "mentor.cli", "sweep", path.name, "--workers", "2"]
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    start = time.perf_counter()
+    done = subprocess.run(_sweep_argv(path), cwd=workdir, env=_env(), capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"the uninterrupted sweep failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def sweep_trial(workdir: Path, kill_after: float, whole: bool = True) -> dict:
+    """A two-worker sweep killed ``kill_after`` seconds in (SIGKILL to the launcher and both workers, or
+    with ``whole=False`` to one worker only), then run again to the end: the study holds exactly its
+    trials, each complete trial has one finished MLflow run, nothing is left RUNNING."""
+    path = prepare(workdir, "sweep", SWEEP)
+    proc = subprocess.Popen(_sweep_argv(path), cwd=workdir, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    what = "all" if whole else "one worker"
     try:
         proc.wait(timeout=kill_after)
+        what = "none (finished first)"
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed = proc.returncode == -signal.SIGKILL
-    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+        if whole:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            os.kill(int(workers[0]), signal.SIGKILL)
+    proc.wait(timeout=900)
+    states = _study_states(workdir)
+    done = subprocess.run(_sweep_argv(path), cwd=workdir, env=_env(), capture_output=True, text=True, timeout=900)
     problems = [] if done.returncode == 0 else [f"rerun exit {done.returncode}: {done.stderr[-800:]}"]
     problems += sweep_problems(workdir, SWEEP)
-    return {"kills": [f"time@{int(kill_after * 1000)}: {'killed' if killed else 'finished first'}"],
+    return {"kills": [f"time@{int(kill_after * 1000)}: killed {what}, study then {states}"],
             "exact": not problems, "differences": problems}
 
 
-def sweep_problems(workdir: Path, config: dict) -> list[str]:
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def _sweep_argv(path: Path) -> list[str]:
+    return [sys.executable, "-m", "mentor.cli", "sweep", path.name, "--workers", "2"]
+
+
+def _study(workdir: Path, config: dict = SWEEP):
     import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = next((workdir / "mlruns" / "sweeps").rglob("*.log"), None)
+    if journal is None:
+        return None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name=config["name"],
+                             storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
+
+
+def _study_states(workdir: Path) -> str:
+    study = _study(workdir)
+    if study is None:
+        return "not created"
+    counts = collections.Counter(t.state.name.lower() for t in study.trials)
+    return " ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "empty"
+
+
+def sweep_problems(workdir: Path, config: dict) -> list[str]:
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
     out = []
-    journal = next((workdir / "mlruns" / "sweeps").rglob("*.log"), None)
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-    study = optuna.load_study(study_name=config["name"], storage=storage)
+    study = _study(workdir, config)
     states = collections.Counter(t.state for t in study.trials)
     complete = [t.number for t in study.trials if t.state == TrialState.COMPLETE]
     if len(complete) != config["search"]["trials"]:
@@ -468,9 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for name in args.shapes:
         if name == "sweep":
-            for kill_after in (20, 45):
-                rows.append({"shape": "sweep (2 workers)",
-                             **sweep_trial(args.workdir / f"sweep-{kill_after}", kill_after)})
+            seconds = sweep_reference(args.workdir / "sweep" / "reference")
+            print(f"sweep: uninterrupted in {seconds:.0f} s", flush=True)
+            for i, (fraction, whole) in enumerate(SWEEP_KILLS):
+                row = sweep_trial(args.workdir / "sweep" / f"trial-{i}", fraction * seconds, whole)
+                rows.append({"shape": "sweep (2 workers)", **row})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
             continue
         config = SHAPES[name]
