@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .data.pool import ImagePool
-from .engine import distributed
+from .engine import checkpoint, distributed
 from .engine.runtime import Runtime, autocast
 from .tables import SCORES_SCHEMA
 
@@ -177,14 +177,12 @@ def _score_chunk(model, pool, folder, chunk, chunk_size, channels, size, top_p, 
                               "class": c.reshape(-1).numpy(), "prob": p.reshape(-1).numpy()}, schema=SCORES_SCHEMA)
     else:
         table = pl.DataFrame(schema=SCORES_SCHEMA)
-    tag = f"{os.getpid()}"  # two processes filling one table (sweep trials) never share a temporary file
-    skipped_tmp = folder / f".chunk-{chunk:05d}.skipped.{tag}.tmp"
-    pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row").write_csv(skipped_tmp)
-    skipped_tmp.replace(folder / f"chunk-{chunk:05d}.skipped.csv")
-    tmp = folder / f".chunk-{chunk:05d}.{tag}.tmp"
+    skipped_table = pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row")
+    checkpoint.write_atomic(folder / f"chunk-{chunk:05d}.skipped.csv", skipped_table.write_csv)
     record = {**record, "chunk": chunk, "rank": distributed.rank()}
-    table.write_parquet(tmp, metadata={METADATA_KEY: json.dumps(record)})
-    tmp.replace(folder / f"chunk-{chunk:05d}.parquet")  # the parquet file last: it marks the chunk done
+    # the parquet file last: it marks the chunk done
+    checkpoint.write_atomic(folder / f"chunk-{chunk:05d}.parquet",
+                            lambda handle: table.write_parquet(handle, metadata={METADATA_KEY: json.dumps(record)}))
 
 
 def table_record(path: str | Path) -> dict:
@@ -203,6 +201,4 @@ def _read_meta(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    checkpoint.write_text_atomic(json.dumps(data, indent=1), path)

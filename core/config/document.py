@@ -100,6 +100,7 @@ def read_document(path: str | Path) -> Document:
             try:
                 root = loader.get_single_node()
                 _check_expanded_size(source, root)
+                _check_duplicate_keys(source, root)
                 data = loader.construct_document(root) if root is not None else None
             finally:
                 loader.dispose()
@@ -117,6 +118,34 @@ def read_document(path: str | Path) -> Document:
     if not isinstance(doc.data, dict):
         raise ConfigError([Problem(source, "", "the file must hold a mapping (key: value) at its top")])
     return doc
+
+
+def _check_duplicate_keys(source: str, root: yaml.Node | None) -> None:
+    """Refuse a mapping that gives a key twice (YAML itself keeps the last one silently, so a setting
+    written twice would be half ignored); every duplicate is reported, located at its second use."""
+    problems, seen = [], set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # an alias: the same node, checked once
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, yaml.Node] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in first:
+                        line = first[key.value].start_mark.line + 1
+                        problems.append(Problem(source, "", f"duplicate key '{key.value}' (first given on line "
+                                                f"{line}; YAML would keep only the last)",
+                                                key.start_mark.line + 1, key.start_mark.column + 1))
+                    else:
+                        first[key.value] = key
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.column or 0)))
 
 
 def _check_expanded_size(source: str, root: yaml.Node | None) -> None:

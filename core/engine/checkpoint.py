@@ -92,6 +92,11 @@ def _why(exc: BaseException, path: Path) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
 
 
+def write_atomic(path: str | Path, write) -> None:
+    """Any file written atomically: ``write(handle)`` fills a binary handle (see ``_write_atomic``)."""
+    _write_atomic(path, write)
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically (see ``_write_atomic``)."""
     _write_atomic(path, lambda handle: torch.save(obj, handle))

@@ -6,7 +6,6 @@ no search block): ``mentor run`` on it repeats that trial.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from ..config.search import SearchConfig
+from ..engine import checkpoint
 from .space import decoded
 from .trial import CONFIG
 
@@ -42,10 +42,7 @@ def best_config_text(study: optuna.Study, search: SearchConfig, path: Path) -> s
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    checkpoint.write_text_atomic(text, path)
 
 
 def figures(study: optuna.Study) -> dict[str, object]:

@@ -324,8 +324,10 @@ def _history_diff(a, b) -> str:
     if a is None or b is None:
         return "missing" if b is None else "extra"
     if len(a) != len(b):
-        return f"{len(a)} -> {len(b)} values (steps {sorted(collections.Counter(s for s, _ in b) - collections.Counter(s for s, _ in a))[:5]} extra, {sorted(collections.Counter(s for s, _ in a) - collections.Counter(s for s, _ in b))[:5]} missing)"
-    first = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        steps_a, steps_b = collections.Counter(s for s, _ in a), collections.Counter(s for s, _ in b)
+        extra, missing = sorted(steps_b - steps_a)[:5], sorted(steps_a - steps_b)[:5]
+        return f"{len(a)} -> {len(b)} values (steps {extra} extra, {missing} missing)"
+    first = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
     return f"step {a[first][0]}: {a[first][1]!r} -> {b[first][1]!r}"
 
 
