@@ -43,6 +43,7 @@ from .losses import INDEX, LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
 from .params import FilePath, NoParams, Params
 from .pseudo_labels import pool_diagnostics, soft_targets
 from .registry import unknown_name_message
+from .summary import summary_name
 from .tables import SCORES_SCHEMA, SELECTION_SCHEMA, TableError, check_selection, scores_frame
 from .version import __version__
 from .weights import mark_untrained, untrained_layers
@@ -54,6 +55,7 @@ __all__ = [
     "NoParams",
     "FilePath",
     "unknown_name_message",
+    "summary_name",
     # experiment-file types a stage config uses
     "StageConfig",
     "TrainingStageConfig",

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="leaderboard of experiments' runs (or sweep trials) from MLflow")
     p.add_argument("experiment", nargs="+", help="experiment name(s) (the file's `name:`); several side by side")
     p.add_argument("--metric", default=None, metavar="METRIC",
-                   help="what ranks the runs, e.g. val/accuracy, test/accuracy, last/val/loss (default: "
+                   help="what ranks the runs, e.g. val/accuracy, test/accuracy, last.val.loss (default: "
                    "val/accuracy, so that no choice is made on test data; --level seeds: test/accuracy)")
     p.add_argument("--by", choices=["best", "last"], default="best",
                    help="best: at the epoch of best validation; last: final epoch")

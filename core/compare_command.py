@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .cli_common import EXIT_USAGE, err
+from .summary import split_summary, summary_name
 
 
 def cmd_compare(args) -> int:
@@ -38,7 +39,8 @@ def _compare_table(df, args, metric: str) -> int:
 
     from .tracking.render import fit_columns, render
 
-    ranked = metric if metric.split("/", 1)[0] in ("best", "last") else f"{args.by}/{metric}"
+    summary = split_summary(metric)
+    ranked = summary_name(*summary) if summary else summary_name(args.by, metric)
     df = df.drop([c for c in ("parent_run_id", "parent_run_name", "sweep_run_id") if c in df.columns])
     df = df.with_columns(df["run_id"].str.slice(0, 8)) if "run_id" in df.columns else df
     if "value" in df.columns and args.level != "trial":
@@ -58,7 +60,7 @@ def _compare_table(df, args, metric: str) -> int:
     elif args.level == "seeds":
         print(f"{ranked}: mean +- std over seeds, per stage")
     else:
-        print(f"ranked by {ranked}" + (" (at the epoch of best validation)" if ranked.startswith("best/") else ""))
+        print(f"ranked by {ranked}" + (" (at the epoch of best validation)" if ranked.startswith("best.") else ""))
     print(render(df, "table"), end="")
     if hidden:
         print(f"(not shown: {', '.join(hidden)}; --wide shows every column, --columns picks them)")

@@ -31,6 +31,7 @@ from .engine import checkpoint, distributed
 from .engine.loop import FitResult, TrainTask, evaluate, fit, predict
 from .engine.runtime import Runtime
 from .losses import Loss
+from .summary import canonical, summary_name
 from .tables import check_selection
 from .weights import untrained_layers
 
@@ -45,7 +46,7 @@ class StageResult:
     kind: str
     model_key: str | None = None
     weights: str | None = None  # path of the kept state_dict (the best epoch's or the last, per `keep`)
-    metrics: dict[str, float] = field(default_factory=dict)  # best/..., last/...
+    metrics: dict[str, float] = field(default_factory=dict)  # best.val.accuracy, kept.epoch... (mentor.summary)
     history: list[dict[str, float]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
@@ -53,7 +54,9 @@ class StageResult:
 
     @classmethod
     def load(cls, path: Path) -> StageResult:
-        return cls(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        data["metrics"] = {canonical(k): v for k, v in data.get("metrics", {}).items()}  # older slash names
+        return cls(**data)
 
 
 @dataclass
@@ -346,16 +349,15 @@ class StageContext(Recording):
             self.tracker.log_metrics(self.run_id, {"stopped/epoch": float(len(result.history))})
         weights = folder / "final.pt"
         model = getattr(task.model, "_orig_mod", task.model)
-        if cfg.keep == "best" and result.best_state is not None:  # the weights the best/* metrics measured
+        if cfg.keep == "best" and result.best_state is not None:  # the weights the best.* metrics measured
             checkpoint.load_weights(model, result.best_state, f"best epoch of {self.stage.name}")
-        summary = {f"best/{k}": result.best[k] for k in SUMMARY_KEYS if k in result.best}
-        summary.update({f"last/{k}": result.last[k] for k in SUMMARY_KEYS if k in result.last})
         kept = result.best if cfg.keep == "best" and result.best_state is not None else result.last
-        summary.update({f"kept/{k}": kept[k] for k in SUMMARY_KEYS if k in kept})
+        epochs = {"best": result.best, "last": result.last, "kept": kept}
+        summary = {summary_name(kind, k): e[k] for kind, e in epochs.items() for k in SUMMARY_KEYS if k in e}
         if "epoch" in result.best:
-            summary["best/epoch"] = step_offset + result.best["epoch"] + 1  # 1-based, as logged and printed
+            summary["best.epoch"] = step_offset + result.best["epoch"] + 1  # 1-based, as logged and printed
         if "epoch" in kept:
-            summary["kept/epoch"] = step_offset + kept["epoch"] + 1
+            summary["kept.epoch"] = step_offset + kept["epoch"] + 1
         outcome = StageResult(self.stage.name, self.stage.kind, model_key, str(weights), summary, result.history)
         if distributed.is_main():
             checkpoint.save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, weights)
@@ -378,7 +380,7 @@ class StageContext(Recording):
         """The teacher stage's kept test accuracy, drawn on a student's curves (a stage-trained teacher only)."""
         teacher = getattr(self.stage, "teacher", None)
         result = self.results.get(teacher) if isinstance(teacher, str) else None
-        value = result.metrics.get("kept/test/accuracy", result.metrics.get("best/test/accuracy")) if result else None
+        value = result.metrics.get("kept.test.accuracy", result.metrics.get("best.test.accuracy")) if result else None
         return {f"teacher ({teacher}) test/accuracy": value} if value is not None else {}
 
     def _log_artifacts(self, model: nn.Module, model_key: str, result: FitResult, weights: Path,

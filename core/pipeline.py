@@ -201,12 +201,18 @@ class ExperimentRunner:
                     if (Path(exp.tracking.checkpoint_dir) / exp.name / parent / s.name / "result.json").is_file()]
             print(f"resuming run {parent} in {self.tracker.uri}"
                   + (f" (done: {', '.join(done)})" if done else " (no stage finished yet)"), file=sys.stderr)
+            self._record_config(parent)  # a kill right after the run was made may have cut this short
             return parent
         parent = self.tracker.start_run(self.run_name(), {**self.source_tags(exp.description), **tags},
                                         parent=self.parent_run_id)
-        self.tracker.log_params(parent, applicable(self.config))
-        self.tracker.log_text(parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
+        self._record_config(parent)
         return parent
+
+    def _record_config(self, parent: str) -> None:
+        """The parameters and config.yaml of the experiment's run; what is there already stays."""
+        self.tracker.log_params(parent, applicable(self.config))
+        if not self.tracker.has_artifact(parent, "config.yaml"):
+            self.tracker.log_text(parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
 
     def _run(self, resume: bool, resume_run_id: str | None) -> dict[str, StageResult]:
         exp = self.experiment
@@ -354,6 +360,7 @@ class ExperimentRunner:
         for run in self.tracker.children(self.parent):
             if run.data.tags.get("mentor.stage") == stage.name:
                 self.tracker.reopen(run.info.run_id)
+                self._record_stage(run.info.run_id, stage)  # a kill right after the run was made may have cut it
                 return run.info.run_id
         key = trained_model_key(stage) or next(
             (teacher_model_key(self.experiment, v) for _, ref, _, v in references(stage) if ref.target == "teacher"),
@@ -365,11 +372,16 @@ class ExperimentRunner:
         note = f"stage {stage.name} ({stage.kind}: {method.description}) of {self.experiment.name}"
         name = f"{stage.name} · {self.run_name().split(' · ', 1)[1]}"
         run_id = self.tracker.start_run(name, {**self.source_tags(note), **tags}, parent=self.parent)
+        self._record_stage(run_id, stage)
+        return run_id
+
+    def _record_stage(self, run_id: str, stage) -> None:
+        """A stage run's parameters and its resolved config as stage.yaml; what is there already stays."""
         stage_config = stage.model_dump(mode="json")
         self.tracker.log_params(run_id, {"stage": applicable(stage_config),
                                          "data": self.config["data"], "seed": self.experiment.seed})
-        self.tracker.log_text(run_id, yaml.safe_dump(stage_config, sort_keys=False), "stage.yaml")
-        return run_id
+        if not self.tracker.has_artifact(run_id, "stage.yaml"):
+            self.tracker.log_text(run_id, yaml.safe_dump(stage_config, sort_keys=False), "stage.yaml")
 
 
 def run_experiment(experiment, plugins: Plugins | None = None, resume: bool = False,

@@ -47,8 +47,8 @@ def cmd_run(args) -> int:
     if not is_main():
         return 0
     for name, result in results.items():
-        best = result.metrics.get("best/test/accuracy")
-        last = result.metrics.get("last/test/accuracy")
+        best = result.metrics.get("best.test.accuracy")
+        last = result.metrics.get("last.test.accuracy")
         if best is not None:
             print(f"{name:>20}: test accuracy {last:.4f} (last), {best:.4f} (at best val epoch)")
     if getattr(runner, "report", None) is not None:
@@ -77,7 +77,7 @@ def _run_seeds(args, experiment, plugins, seeds: list[int], resume: bool) -> int
         err(f"\ninterrupted. Continue where it stopped with: mentor run {args.file} --resume"
              + (f" --seeds {','.join(map(str, seeds))}" if args.seeds else ""))
         return EXIT_INTERRUPTED
-    rows = outcome.summary.filter(outcome.summary["metric"] == "best/test/accuracy")
+    rows = outcome.summary.filter(outcome.summary["metric"] == "best.test.accuracy")
     print(f"\ntest accuracy at the best val epoch over seeds {', '.join(map(str, seeds))} (mean +- std):")
     for row in rows.iter_rows(named=True):
         values = ", ".join(f"{v:.4f}" for v in row["values"])

@@ -34,7 +34,7 @@ from .pipeline import ExperimentRunner, NothingToResume, config_hash
 from .tracking.tracker import Tracker
 
 KIND = "seeds"
-SUMMARY_PREFIXES = ("best/", "last/", "kept/", "model/")
+SUMMARY_PREFIXES = ("best.", "last.", "kept.", "model/")
 
 
 class SeedsError(ValueError):

@@ -323,7 +323,7 @@ def register_student(state: RunState, parent_run_id: str, stage_run_id: str) -> 
     model = kept_model(ctx, result)
     record = ctx.dir / "export" / "export.json"
     onnx_path = json.loads(record.read_text())["onnx"] if record.is_file() else None
-    metrics = {k: f"{v:.6g}" for k, v in result.metrics.items() if k.startswith("kept/")}
+    metrics = {k: f"{v:.6g}" for k, v in result.metrics.items() if k.startswith("kept.")}
     tags = {"mentor.experiment": exp.name, "mentor.stage": stage_name, "mentor.run_id": parent_run_id,
             "mentor.stage_run_id": stage_run_id, **{f"mentor.{k}": v for k, v in metrics.items()}}
     version = register(state.tracker.uri, stage_run_id, model, cfg.name,

@@ -4,7 +4,7 @@ Why: a teacher that comes from outside (a checkpoint, an MLflow model, torchvisi
 weights) should be measured on the same splits and in the same terms as the
 students it teaches, so that ``mentor compare`` lists it beside them. The stage
 logs what a training stage logs at its end (``val/...``, ``test/...`` and their
-``best/...`` and ``last/...`` summaries, which are the same numbers here), the
+``best.*`` and ``last.*`` summaries, which are the same numbers here), the
 confusion matrix on test, and the model's size.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from mentor import StageConfig, StageContext, StageResult, TeacherRef, hookimpl, teacher_model_key
+from mentor import StageConfig, StageContext, StageResult, TeacherRef, hookimpl, summary_name, teacher_model_key
 
 SUMMARY_KEYS = ("val/accuracy", "val/loss", "test/accuracy", "test/loss")
 
@@ -37,7 +37,7 @@ def model_size(model: nn.Module) -> dict[str, float]:
 def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
     model = ctx.teacher(stage.model, "model")
     metrics = ctx.evaluate(model, stage.eval_batch_size)
-    summary = {f"{when}/{k}": metrics[k] for when in ("best", "last") for k in SUMMARY_KEYS if k in metrics}
+    summary = {summary_name(when, k): metrics[k] for when in ("best", "last") for k in SUMMARY_KEYS if k in metrics}
     ctx.log_metrics({**metrics, **model_size(model)}, step=0)
     ctx.log_metrics(summary, step=0)
     ctx.log_confusion_matrix(model)

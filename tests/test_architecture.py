@@ -71,7 +71,8 @@ DIRECT_WRITES = {
     ("core/cli.py", "write_text"): "a report file the user asked for (--out), not state",
     ("core/inspect_commands.py", "write_text"): "a report file the user asked for (--output), not state",
 }
-WRITERS = {"write_text", "write_bytes", "write_parquet", "write_csv", "write_ipc", "save", "touch", "fdopen"}  # save: torch.save
+#: file-writing calls (save: torch.save only)
+WRITERS = {"write_text", "write_bytes", "write_parquet", "write_csv", "write_ipc", "save", "touch", "fdopen"}
 
 
 def test_state_is_written_atomically():

@@ -36,7 +36,7 @@ def test_early_stopping_ends_the_stage_keeps_its_best_epoch_and_the_run_goes_on(
                              plugins)
     assert len(results["teacher"].history) == 3
     m = results["teacher"].metrics  # the kept weights: the best epoch's (by select_on) among the three trained
-    assert m["kept/epoch"] == m["best/epoch"] <= 3  # 1-based
+    assert m["kept.epoch"] == m["best.epoch"] <= 3  # 1-based
     assert len(results["after"].history) == 2  # the next stage is not watched and runs in full
     client = MlflowClient(tracking_uri())
     runs = stage_runs(client)

@@ -96,7 +96,7 @@ def distill_config(tiny_config, crd_params):
 def test_a_distill_stage_with_crd_runs_and_logs_its_term(workdir, plugins, tiny_config):
     config = distill_config(tiny_config, {"feat_dim": 8, "nce_k": 16})
     results = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)
-    assert "best/test/accuracy" in results["crd"].metrics
+    assert "best.test.accuracy" in results["crd"].metrics
     client = MlflowClient(tracking_uri())
     [stage] = [r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
                if r.data.tags.get("mentor.stage") == "crd" and r.data.tags.get("mentor.kind") == "stage"]

@@ -135,5 +135,5 @@ def test_cifar100_recipes_run_at_tiny_size(recipe, workdir, plugins):
     results = run_experiment(exp, plugins)
     assert set(results) == {"teacher", "student", "kd", "fitnet", "at", "dkd", "kd_ls", "dist", "crd"}
     for result in results.values():
-        assert 0 <= result.metrics["last/test/accuracy"] <= 1
+        assert 0 <= result.metrics["last.test.accuracy"] <= 1
         assert result.history[0]["train/loss"] == result.history[0]["train/loss"]  # not NaN

@@ -164,7 +164,7 @@ def test_fixmatch_stage_logs_its_metrics_and_keeps_the_ema(workdir, tiny_config,
     kept = torch.load(result.weights)
     assert all(torch.equal(kept[k], v) for k, v in state["model"].items())
     assert any(not torch.equal(kept[k], v) for k, v in state["extra"]["model"].items() if v.is_floating_point())
-    assert 0 <= result.metrics["last/test/accuracy"] <= 1
+    assert 0 <= result.metrics["last.test.accuracy"] <= 1
 
 
 def test_a_stage_without_unlabeled_images_is_a_located_error(workdir, tiny_config):

@@ -315,7 +315,7 @@ def test_mpl_stage_logs_its_quantities_and_resumes_to_the_same_result(workdir, t
     assert sorted(m.step for m in accuracy) == [1, 2, 3] and all(0 <= m.value <= 1 for m in accuracy)
     steps = sorted(m.step for m in c.get_metric_history(stage.info.run_id, "val/accuracy"))
     assert steps == [1, 2, 3, 4]  # three MPL epochs, then the fine-tune continues the axis
-    assert len(reference.history) == 1 and 0 <= reference.metrics["last/test/accuracy"] <= 1
+    assert len(reference.history) == 1 and 0 <= reference.metrics["last.test.accuracy"] <= 1
 
     stopping = load_plugins(extra=[SyntheticData(), StopAfter("mpl", 2)])
     with pytest.raises(KeyboardInterrupt):  # after MPL epoch 2 of 3: teacher, optimizers, EMA, baseline on disk
@@ -344,4 +344,4 @@ def test_recipes_validate_and_the_cifar10_recipe_runs_at_tiny_size(workdir, plug
     assert (stage.uda.threshold, stage.uda.temperature, stage.uda.weight, stage.ema_decay) == (0.6, 0.7, 8, 0.995)
     stage.epochs, stage.batch_size, stage.finetune.epochs, stage.finetune.batch_size = 1, 8, 1, 8
     result = run_experiment(exp, plugins)["mpl"]
-    assert 0 <= result.metrics["last/test/accuracy"] <= 1
+    assert 0 <= result.metrics["last.test.accuracy"] <= 1

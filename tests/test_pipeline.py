@@ -65,9 +65,9 @@ def test_tiny_run_lands_in_mlflow(workdir, plugins, tiny_config):
     for key in ("train/loss", "train/loss/kd", "test/accuracy", "lr", "throughput"):
         assert len(c.get_metric_history(student.info.run_id, key)) == 3, key
     metrics = student.data.metrics
-    assert metrics["last/test/accuracy"] == results["student"].metrics["last/test/accuracy"]
-    assert metrics["best/val/accuracy"] == max(m.value for m in history)
-    assert parent.data.metrics["student/last/test/accuracy"] == metrics["last/test/accuracy"]
+    assert metrics["last.test.accuracy"] == results["student"].metrics["last.test.accuracy"]
+    assert metrics["best.val.accuracy"] == max(m.value for m in history)
+    assert parent.data.metrics["student/last.test.accuracy"] == metrics["last.test.accuracy"]
 
     artifacts = {a.path for a in c.list_artifacts(student.info.run_id, "plots")}
     assert artifacts == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
@@ -292,7 +292,7 @@ def test_eval_every_evaluates_on_schedule_and_selects_among_evaluated_epochs(wor
     _, stages = runs_by_stage(c, "tiny")
     steps = sorted(m.step for m in c.get_metric_history(stages["student"].info.run_id, "test/accuracy"))
     assert steps == [2, 4, 5]
-    assert results["student"].metrics["best/epoch"] in (2, 4, 5)
+    assert results["student"].metrics["best.epoch"] in (2, 4, 5)
 
 
 def test_a_run_with_data_on_the_host_equals_the_resident_run(workdir, plugins, tiny_config):

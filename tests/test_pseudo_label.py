@@ -52,7 +52,7 @@ def test_pseudo_label_then_finetune_records_diagnostics(workdir, plugins, tiny_c
     # the epoch axis continues from pre-training into fine-tuning
     steps = sorted(x.step for x in c.get_metric_history(round1.info.run_id, "val/accuracy"))
     assert steps == [1, 2, 3]  # 1-based epochs
-    assert stage.data.metrics["last/test/accuracy"] == results["pl"].metrics["last/test/accuracy"]
+    assert stage.data.metrics["last.test.accuracy"] == results["pl"].metrics["last.test.accuracy"]
 
     paths = {a.path for a in c.list_artifacts(round1.info.run_id, "pseudo_labels")}
     assert {"pseudo_labels/selected.parquet", "pseudo_labels/per_class.parquet",
@@ -181,4 +181,4 @@ def test_cifar10_ssl_recipes_run_at_tiny_size(recipe, workdir, plugins):
             stage.finetune.epochs = 1
     results = run_experiment(exp, plugins)
     assert set(results) == {"supervised", "pl_finetune", "noisy_student"}
-    assert all(0 <= r.metrics["last/test/accuracy"] <= 1 for r in results.values())
+    assert all(0 <= r.metrics["last.test.accuracy"] <= 1 for r in results.values())

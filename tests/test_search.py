@@ -49,7 +49,7 @@ def small(config, **search):
     config["stages"][1]["epochs"] = 2
     config["tracking"]["log_model"] = False
     config["search"] = {
-        "metric": "student/best/val/accuracy", "trials": 3, "sampler": {"name": "random", "seed": 0},
+        "metric": "student/best.val.accuracy", "trials": 3, "sampler": {"name": "random", "seed": 0},
         "pruner": {"name": "none"},
         "space": {TEMPERATURE: {"float": [1, 8], "log": True}, "stages[1].batch_size": {"categorical": [16, 32]}},
         **search,
@@ -123,11 +123,11 @@ def test_search_paths_and_specs_are_checked_with_located_errors(plugins, tiny_co
     assert "exactly one of float" in two
     [log] = problems(space={TEMPERATURE: {"float": [0, 8], "log": True}})
     assert "log scale needs low > 0" in log
-    [metric] = problems(metric="studnt/best/val/accuracy")
+    [metric] = problems(metric="studnt/best.val.accuracy")
     assert "search.metric: unknown stage 'studnt'; did you mean 'student'?" in metric
-    [on_test] = problems(metric="student/best/test/accuracy")
+    [on_test] = problems(metric="student/best.test.accuracy")
     assert "would choose hyperparameters by the test set" in on_test
-    assert "search on 'student/best/val/accuracy'" in on_test
+    assert "search on 'student/best.val.accuracy'" in on_test
     [pruner] = problems(pruner={"name": "medain"})
     assert "search.pruner: unknown pruner 'medain'; did you mean 'median'?" in pruner
     [grid] = problems(sampler={"name": "grid"})
@@ -175,7 +175,7 @@ def test_sweep_command_errors_exit_2(workdir, tiny_config, write_yaml, capsys):
     assert main(["sweep", str(plain)]) == 2
     assert "has no search block" in capsys.readouterr().err
 
-    tiny_config["search"] = {"metric": "student/best/val/accuracy", "space": {"stages[1].epochs": {"int": [1, 2]}}}
+    tiny_config["search"] = {"metric": "student/best.val.accuracy", "space": {"stages[1].epochs": {"int": [1, 2]}}}
     searched = write_yaml(tiny_config, "searched.yaml")
     url = "postgresql+psycopg2://mentor:secret@127.0.0.1:1/nowhere"
     assert main(["sweep", str(searched), "--storage", url]) == 2
@@ -227,7 +227,7 @@ def test_sweep_records_every_trial_under_one_sweep_run_and_resumes(here, plugins
         assert float(exp_run.data.params["stages.1.losses.1.params.temperature"]) == pytest.approx(
             t.params[TEMPERATURE])
         assert "search" not in exp_run.data.params
-        assert exp_run.data.metrics["student/best/val/accuracy"] == pytest.approx(t.value)
+        assert exp_run.data.metrics["student/best.val.accuracy"] == pytest.approx(t.value)
         [student] = [r for r in stages if parent(r) == exp_run.info.run_id and r.data.tags["mentor.stage"] == "student"]
         # the pruner heard every evaluated epoch of the metric's stage
         history = sorted(c.get_metric_history(student.info.run_id, "val/accuracy"), key=lambda m: m.step)
@@ -337,7 +337,7 @@ def test_an_interrupted_sweep_goes_on_when_run_again(here, tiny_config):
     config = small(tiny_config, trials=1)
     config["name"] = "tiny-stop"
     config["stages"] = config["stages"][:1]
-    config["search"]["metric"] = "teacher/best/val/accuracy"
+    config["search"]["metric"] = "teacher/best.val.accuracy"
     config["search"]["space"] = {"stages[0].optimizer.lr": {"float": [0.01, 0.1], "log": True}}
     experiment = validated(config, plugins)
     with pytest.raises(KeyboardInterrupt):
@@ -359,17 +359,17 @@ def test_seeds_average_the_value(here, plugins, tiny_config):
     config = small(tiny_config, trials=1, seeds=[0, 1])
     config["name"] = "tiny-seeds"
     config["stages"] = config["stages"][:1]
-    config["search"]["metric"] = "teacher/last/val/accuracy"
+    config["search"]["metric"] = "teacher/last.val.accuracy"
     config["search"]["space"] = {"stages[0].optimizer.lr": {"float": [0.01, 0.1], "log": True}}
     run_sweep(validated(config, plugins), plugins, study_name="seeds")
     [trial] = load_study("seeds", here).trials
     runs = runs_of(store(), "tiny-seeds")
     [trial_run] = kind(runs, "trial")
     experiments = [r for r in runs if parent(r) == trial_run.info.run_id]
-    by_seed = {int(r.data.tags["mentor.seed"]): r.data.metrics["teacher/last/val/accuracy"] for r in experiments}
+    by_seed = {int(r.data.tags["mentor.seed"]): r.data.metrics["teacher/last.val.accuracy"] for r in experiments}
     assert sorted(by_seed) == [0, 1]
     assert trial.value == pytest.approx((by_seed[0] + by_seed[1]) / 2)
-    assert trial_run.data.metrics["seed_1/teacher/last/val/accuracy"] == pytest.approx(by_seed[1])
+    assert trial_run.data.metrics["seed_1/teacher/last.val.accuracy"] == pytest.approx(by_seed[1])
     # each seed's steps continue the pruning axis: 1 epoch per seed
     assert list(trial.intermediate_values) == [0, 1]
 
@@ -385,7 +385,7 @@ FASHION_SWEEP = {
                 "batch_size": 50}],
     "engine": {"progress": "none"},
     "tracking": {"log_model": False},
-    "search": {"metric": "student/best/val/accuracy", "trials": 3, "sampler": {"name": "random", "seed": 0},
+    "search": {"metric": "student/best.val.accuracy", "trials": 3, "sampler": {"name": "random", "seed": 0},
                "pruner": {"name": "none"}, "space": {"stages[0].optimizer.lr": {"float": [0.01, 0.2], "log": True}}},
 }
 

@@ -47,11 +47,11 @@ def test_seeds_run_once_each_under_a_parent_that_logs_mean_and_std(workdir, caps
     assert [members[s].data.params["data.split_seed"] for s in (0, 1, 2)] == ["0", "1", "2"]
     assert [members[s].data.params["seed"] for s in (0, 1, 2)] == ["0", "1", "2"]
     stage_runs = {r.data.tags["mlflow.parentRunId"]: r for r in everything if r.data.tags.get("mentor.kind") == "stage"}
-    values = [stage_runs[members[s].info.run_id].data.metrics["best/test/accuracy"] for s in (0, 1, 2)]
+    values = [stage_runs[members[s].info.run_id].data.metrics["best.test.accuracy"] for s in (0, 1, 2)]
     m = parent.data.metrics
-    assert m["fit/best/test/accuracy/mean"] == pytest.approx(statistics.mean(values))
-    assert m["fit/best/test/accuracy/std"] == pytest.approx(statistics.stdev(values))
-    assert m["fit/best/test/accuracy/n"] == 3
+    assert m["fit/best.test.accuracy/mean"] == pytest.approx(statistics.mean(values))
+    assert m["fit/best.test.accuracy/std"] == pytest.approx(statistics.stdev(values))
+    assert m["fit/best.test.accuracy/n"] == 3
     assert f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}" in out
 
     assert main(["compare", "multi", "--level", "seeds", "--format", "json"]) == 0
@@ -102,7 +102,7 @@ def test_a_killed_multi_seed_run_resumes_keeping_the_finished_seeds(workdir, cap
     members = [r for r in everything if r.data.tags.get("mentor.kind") == "experiment"]
     assert sorted(r.data.tags["mentor.seed"] for r in members) == ["0", "1", "2"]  # seed 1 resumed, not doubled
     assert all(r.info.status == "FINISHED" for r in members)
-    assert client.get_run(parent.info.run_id).data.metrics["fit/best/test/accuracy/n"] == 3
+    assert client.get_run(parent.info.run_id).data.metrics["fit/best.test.accuracy/n"] == 3
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--seeds", "0,x"], "comma-separated integers"),

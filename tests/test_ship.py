@@ -109,8 +109,8 @@ def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
         ("student", "pytorch fp32"), ("student", "onnx fp32"), ("student", "onnx int8")}
     rows = {(r["model"], r["format"]): r for r in report.iter_rows(named=True)}
     student, teacher = rows[("student", "pytorch fp32")], rows[("teacher", "pytorch fp32")]
-    assert student["test_accuracy"] == pytest.approx(results["student"].metrics["kept/test/accuracy"])
-    assert teacher["test_accuracy"] == pytest.approx(results["teacher"].metrics["kept/test/accuracy"])
+    assert student["test_accuracy"] == pytest.approx(results["student"].metrics["kept.test.accuracy"])
+    assert teacher["test_accuracy"] == pytest.approx(results["teacher"].metrics["kept.test.accuracy"])
     assert rows[("student", "onnx fp32")]["test_accuracy"] == pytest.approx(m["export/onnx/test/accuracy"])
     params = {k: sum(p.numel() for p in runner.state().registry.get("model", "small_cnn").factory(
         4, 1, **experiment(tiny_config, plugins).models[k].params).parameters()) for k in ("teacher", "student")}
@@ -132,7 +132,7 @@ def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
     assert runner.registered == "models:/tiny-student/1"
     version = client.get_model_version("tiny-student", "1")
     assert version.tags["mentor.stage"] == "student" and version.tags["mentor.run_id"] == parent
-    assert float(version.tags["mentor.kept/test/accuracy"]) == pytest.approx(student["test_accuracy"], abs=1e-5)
+    assert float(version.tags["mentor.kept.test.accuracy"]) == pytest.approx(student["test_accuracy"], abs=1e-5)
     import onnx
 
     onnx_file = workdir / "registered.onnx"
@@ -172,9 +172,9 @@ def test_a_registered_student_is_a_teacher_in_a_later_experiment(workdir, plugin
     later["stages"] = [{"name": "measure", "kind": "evaluate", "model": "registered"},
                        dict(tiny_config["stages"][1], name="again", teacher="registered")]
     _, again = run(later, plugins)
-    assert again["measure"].metrics["best/test/accuracy"] == pytest.approx(
-        results["student"].metrics["kept/test/accuracy"])
-    assert "kept/test/accuracy" in again["again"].metrics
+    assert again["measure"].metrics["best.test.accuracy"] == pytest.approx(
+        results["student"].metrics["kept.test.accuracy"])
+    assert "kept.test.accuracy" in again["again"].metrics
 
 
 def test_a_registry_name_held_by_another_architecture_is_refused_before_training(workdir, plugins, tiny_config):
@@ -308,7 +308,7 @@ def test_ratios_and_pareto_front_against_a_hand_built_table():
 
 def test_a_stage_resumed_after_its_fit_logs_its_model_and_summary_once(workdir, plugins, tiny_config, monkeypatch):
     """Killed after the fit recorded everything but before the stage finished (here: in its export), the
-    resumed stage does not log its model or its best/kept summary a second time."""
+    resumed stage does not log its model or its best and kept summaries a second time."""
     from mentor import shipping
 
     real = shipping.export_stage
@@ -335,5 +335,5 @@ def test_a_stage_resumed_after_its_fit_logs_its_model_and_summary_once(workdir, 
     models = client.search_logged_models([runner.tracker.experiment_id],
                                          filter_string=f"source_run_id = '{student.info.run_id}'")
     assert sorted(m.name for m in models) == ["student-student", "student-student-onnx"]
-    for key in ("best/test/accuracy", "kept/test/accuracy", "best/epoch"):
+    for key in ("best.test.accuracy", "kept.test.accuracy", "best.epoch"):
         assert len(client.get_metric_history(student.info.run_id, key)) == 1, key

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 from mlflow import MlflowClient
 
+from mentor import summary_name
 from mentor.cli import main
 from mentor.config import load_experiment
 from mentor.pipeline import ExperimentRunner
@@ -93,7 +94,7 @@ def test_state_dict_file_teaches_and_evaluate_matches_a_hand_computation(workdir
     expected = by_hand(model, path)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, abs=1e-5)
-        assert metrics[f"best/{key}"] == metrics[f"last/{key}"] == metrics[key]
+        assert metrics[summary_name("best", key)] == metrics[summary_name("last", key)] == metrics[key]
     assert metrics["model/parameters"] == sum(p.numel() for p in model.parameters())
     floats = sum(t.numel() for t in state.values() if t.is_floating_point())
     assert metrics["model/size_mb"] == pytest.approx((floats * 4 + sum(
@@ -101,7 +102,7 @@ def test_state_dict_file_teaches_and_evaluate_matches_a_hand_computation(workdir
     artifacts = [a.path for a in store(workdir).list_artifacts(runs["score"].info.run_id, "plots")]
     assert "plots/confusion_matrix.png" in artifacts
     assert runs["score"].data.tags["mentor.model"] == "small_cnn"
-    assert "best/test/accuracy" in runs["student"].data.metrics
+    assert "best.test.accuracy" in runs["student"].data.metrics
 
 
 def test_mentor_own_final_pt_checkpoint_pt_and_runs_uri_are_the_same_teacher(workdir, capsys):
@@ -121,7 +122,7 @@ def test_mentor_own_final_pt_checkpoint_pt_and_runs_uri_are_the_same_teacher(wor
         logged={"uri": f"runs:/{trained.info.run_id}/teacher-teacher"})
     assert main(["run", str(write(workdir, second))]) == 0, capsys.readouterr().err
     runs = stage_runs(store(workdir))
-    trained_accuracy = trained.data.metrics["last/test/accuracy"]
+    trained_accuracy = trained.data.metrics["last.test.accuracy"]
     for name in ("final", "resume_state", "logged"):
         assert runs[name].data.metrics["test/accuracy"] == pytest.approx(trained_accuracy, abs=1e-6)
         assert runs[name].data.metrics["test/loss"] == pytest.approx(

@@ -47,9 +47,9 @@ PLAN = {
 def _summary(curves: dict[str, list[float]]) -> dict[str, float]:
     val, test = curves["val/accuracy"], curves["test/accuracy"]
     best = max(range(len(val)), key=val.__getitem__)
-    return {"best/val/accuracy": val[best], "best/test/accuracy": test[best],
-            "best/epoch": float(best), "last/val/accuracy": val[-1],
-            "last/test/accuracy": test[-1]}
+    return {"best.val.accuracy": val[best], "best.test.accuracy": test[best],
+            "best.epoch": float(best), "last.val.accuracy": val[-1],
+            "last.test.accuracy": test[-1]}
 
 
 @dataclass
@@ -106,8 +106,8 @@ def test_runs_table_rows_columns_and_parents(store: Store):
     assert df.height == 2 + 5
     assert df.columns[:10] == ["run_id", "parent_run_id", "run_name", "kind", "stage", "method",
                                "model", "status", "start_time", "duration_s"]
-    assert {"train/loss", "val/accuracy", "test/accuracy", "best/test/accuracy",
-            "last/test/accuracy", "best/epoch"} <= set(df.columns)
+    assert {"train/loss", "val/accuracy", "test/accuracy", "best.test.accuracy",
+            "last.test.accuracy", "best.epoch"} <= set(df.columns)
     assert df.schema["start_time"] == pl.Datetime("us", "UTC")
     assert df.schema["test/accuracy"] == pl.Float64
 
@@ -128,10 +128,10 @@ def test_runs_table_rows_columns_and_parents(store: Store):
         assert row["duration_s"] is not None and row["duration_s"] >= 0
     teacher_a = rows[store.stages["run-a", "teacher"]]
     assert (teacher_a["method"], teacher_a["model"]) == ("train", "resnet18")
-    assert teacher_a["best/test/accuracy"] == pytest.approx(0.80)
+    assert teacher_a["best.test.accuracy"] == pytest.approx(0.80)
     assert teacher_a["test/accuracy"] == pytest.approx(0.78)
     assert rows[store.stages["run-b", "finetune"]]["status"] == "FAILED"
-    assert rows[store.stages["run-b", "finetune"]]["best/test/accuracy"] is None
+    assert rows[store.stages["run-b", "finetune"]]["best.test.accuracy"] is None
 
 
 def _curves(parent: str, stage: str) -> dict[str, list[float]]:
@@ -166,12 +166,12 @@ def test_stage_leaderboard_by_best(store: Store):
     assert board["stage"].to_list() == ["teacher", "teacher", "finetune", "student", "student"]
     assert board["method"].to_list() == ["train", "train", "train", "distill", "distill"]
     assert board["model"].to_list() == ["resnet18", "resnet18", "resnet8", "resnet8", "resnet8"]
-    assert board.columns == ["rank", "stage", "method", "model", "value", "best/val/accuracy",
-                             "best/test/accuracy", "last/test/accuracy", "status", "run_id",
+    assert board.columns == ["rank", "stage", "method", "model", "value", "best.val.accuracy",
+                             "best.test.accuracy", "last.test.accuracy", "status", "run_id",
                              "parent_run_id", "parent_run_name", "parent", "start_time"]
-    assert board["best/val/accuracy"].to_list()[:2] == pytest.approx([0.86, 0.82])
-    assert board["last/test/accuracy"].to_list()[:2] == pytest.approx([0.83, 0.78])
-    assert board["best/test/accuracy"][2] is None  # the crashed finetune stage
+    assert board["best.val.accuracy"].to_list()[:2] == pytest.approx([0.86, 0.82])
+    assert board["last.test.accuracy"].to_list()[:2] == pytest.approx([0.83, 0.78])
+    assert board["best.test.accuracy"][2] is None  # the crashed finetune stage
     assert board["status"][2] == "FAILED"
     assert board["parent_run_id"].to_list() == [store.parents[p] for p, _ in order]
     assert board["parent_run_name"].to_list() == [p for p, _ in order]
@@ -187,7 +187,7 @@ def test_stage_leaderboard_by_last_and_other_metric(store: Store):
     assert val["value"].to_list() == pytest.approx([0.86, 0.82, 0.79, 0.76, 0.74])
 
     # a full summary name is taken as is
-    full = compare.leaderboard(EXPERIMENT, metric="last/test/accuracy", tracking_uri=store.uri)
+    full = compare.leaderboard(EXPERIMENT, metric="last.test.accuracy", tracking_uri=store.uri)
     assert full["value"].to_list() == board["value"].to_list()
 
 
@@ -229,17 +229,17 @@ def test_render_csv_json_and_table(store: Store):
     assert back.height == board.height
     assert back["run_id"].to_list() == board["run_id"].to_list()
     assert back["value"].to_list() == board["value"].to_list()
-    assert back["best/test/accuracy"].to_list() == board["best/test/accuracy"].to_list()
+    assert back["best.test.accuracy"].to_list() == board["best.test.accuracy"].to_list()
 
     rows = json.loads(compare.render(board, "json"))
     assert isinstance(rows, list) and len(rows) == board.height
     assert rows[0]["run_id"] == store.stages["run-b", "teacher"]
     assert rows[0]["value"] == pytest.approx(0.85)
-    assert rows[2]["best/test/accuracy"] is None
+    assert rows[2]["best.test.accuracy"] is None
 
     text = compare.render(board, "table")
     assert isinstance(text, str)
-    for name in ("rank", "stage", "value", "best/test/accuracy", "parent"):
+    for name in ("rank", "stage", "value", "best.test.accuracy", "parent"):
         assert name in text
     assert "0.8500" in text and "0.7700" in text
     assert "0.85000" not in text  # four decimals
@@ -377,8 +377,8 @@ def test_compare_ranks_by_validation_by_default_and_names_the_metric(store: Stor
     code, out, _ = _cli(store, capsys, monkeypatch)
     assert code == 0
     header, table = out.splitlines()[0], out.splitlines()[1:]
-    assert header == "ranked by best/val/accuracy (at the epoch of best validation)"
-    assert "best/val/accuracy" in table[0] and " value " not in f" {table[0]} "
+    assert header == "ranked by best.val.accuracy (at the epoch of best validation)"
+    assert "best.val.accuracy" in table[0] and " value " not in f" {table[0]} "
     first = [line.split() for line in table if line.strip().startswith("1 ")][0]
     assert first[1:3] == ["teacher", "train"] and "0.8600" in first  # run-b's teacher: best val 0.86
 
@@ -387,7 +387,7 @@ def test_compare_fits_a_narrow_terminal_and_says_what_it_left_out(store: Store, 
     code, out, _ = _cli(store, capsys, monkeypatch, "--metric", "test/accuracy", columns=80)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].startswith("ranked by best/test/accuracy")
+    assert lines[0].startswith("ranked by best.test.accuracy")
     assert all(len(line) <= 80 for line in lines[1:-1])
     assert lines[-1].startswith("(not shown: ") and "start_time" in lines[-1] and "--wide" in lines[-1]
     _, wide, _ = _cli(store, capsys, monkeypatch, "--wide", columns=80)
@@ -395,8 +395,8 @@ def test_compare_fits_a_narrow_terminal_and_says_what_it_left_out(store: Store, 
 
 
 def test_compare_columns_picks_and_refuses_an_unknown_one(store: Store, capsys, monkeypatch):
-    code, out, _ = _cli(store, capsys, monkeypatch, "--columns", "rank,stage,best/val/accuracy")
+    code, out, _ = _cli(store, capsys, monkeypatch, "--columns", "rank,stage,best.val.accuracy")
     assert code == 0
-    assert out.splitlines()[1].split() == ["rank", "stage", "best/val/accuracy"]
+    assert out.splitlines()[1].split() == ["rank", "stage", "best.val.accuracy"]
     code, _, err = _cli(store, capsys, monkeypatch, "--columns", "rank,stagee")
     assert code == 2 and "no column 'stagee'" in err

@@ -82,7 +82,7 @@ def served(tmp_path):
         view = json.loads(tags["mlflow.sharedViewState.mentor"])
         assert view["searchFilter"] == "tags.`mentor.kind` = 'stage'"
         assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "mentor.stage"}]
-        assert "metrics.`kept/test/accuracy`" in view["selectedColumns"]
+        assert "metrics.`kept.test.accuracy`" in view["selectedColumns"]
         yield api, experiment, path
     finally:
         ui.terminate()
@@ -114,11 +114,11 @@ def test_the_ui_shows_named_linked_runs_with_summaries_curves_and_artifacts(serv
     kd_id = stages["kd"]["info"]["run_id"]
     kd_metrics = {m["key"]: m["value"] for m in stages["kd"]["data"]["metrics"]}
     parent_metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
-    for key in ("best/val/accuracy", "best/test/accuracy", "last/test/accuracy", "kept/test/accuracy",
-                "best/epoch"):
+    for key in ("best.val.accuracy", "best.test.accuracy", "last.test.accuracy", "kept.test.accuracy",
+                "best.epoch"):
         assert key in kd_metrics, key
         assert parent_metrics[f"kd/{key}"] == kd_metrics[key]
-    assert kd_metrics["best/epoch"] in (1, 2)  # 1-based, as the terminal counts
+    assert kd_metrics["best.epoch"] in (1, 2)  # 1-based, as the terminal counts
 
     def history(run_id: str, key: str) -> dict[int, float]:
         found = api.get("metrics/get-history", run_id=run_id, metric_key=key)["metrics"]
@@ -131,6 +131,19 @@ def test_the_ui_shows_named_linked_runs_with_summaries_curves_and_artifacts(serv
         assert sorted(history(kd_id, key)) == [2, 4, 6, 8], key
     lr = history(kd_id, "step/lr")
     assert lr[2] > lr[8] > 0
+
+    # the run page's Model metrics tab: MLflow files each chart under the part of its name before the last
+    # '/', sections sorted by name, names without a '/' last. Every section before that last one holds
+    # curves (more than one point): the one-value summaries come after them, not above them.
+    sections: dict[str, list[str]] = {}
+    for key in kd_metrics:
+        sections.setdefault(key.rsplit("/", 1)[0] if "/" in key else "~model metrics (last)", []).append(key)
+    named = [name for name in sorted(sections) if not name.startswith("~")]
+    assert named[:2] == ["step", "step/train"] and "val" in named  # step/lr, then step/train/*
+    for name in named:
+        for key in sections[name]:
+            assert len(history(kd_id, key)) > 1, f"{key}: a one-point chart in section {name}"
+    assert {"best.val.accuracy", "kept.test.accuracy", "best.epoch"} <= set(sections["~model metrics (last)"])
 
     # artifacts: the resolved stage config, plots and weights on the stage run, the file's config on the parent
     def listed(run_id: str, folder: str = "") -> set[str]:

@@ -12,12 +12,13 @@ import copy
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..params import Params
+from ..summary import canonical, split_summary, summary_name
 
-#: What a stage reports once it ends (``<stage>/best/val/accuracy`` on the parent run).
+#: What a stage reports once it ends (``<stage>/best.val.accuracy`` on the parent run).
 SUMMARY_METRICS = ("val/accuracy", "test/accuracy", "val/loss", "test/loss")
 
 
@@ -138,7 +139,8 @@ PrunerConfig = Annotated[
 class SearchConfig(Params):
     """Hyperparameter search over this experiment with Optuna (``mentor sweep``)."""
 
-    metric: str = Field(description="the value of a trial: '<stage>/best/<metric>' or '<stage>/last/<metric>'")
+    metric: str = Field(description="the value of a trial: '<stage>/best.<metric>', '<stage>/kept.<metric>' or "
+                        "'<stage>/last.<metric>', e.g. 'student/best.val.accuracy'")
     direction: Literal["maximize", "minimize"] | None = Field(
         default=None, description="default: minimize a metric ending in 'loss', else maximize"
     )
@@ -155,19 +157,26 @@ class SearchConfig(Params):
         """The direction, said or inferred from the metric's name."""
         return self.direction or ("minimize" if self.metric.endswith("loss") else "maximize")
 
+    @field_validator("metric")
+    @classmethod
+    def _summary_form(cls, metric: str) -> str:
+        """``student/best/val/accuracy`` (the older form) is read as ``student/best.val.accuracy``."""
+        stage, sep, rest = metric.partition("/")
+        return f"{stage}/{canonical(rest)}" if sep else metric
+
     @property
     def stage(self) -> str:
         return self.metric.split("/", 1)[0]
 
     @property
     def summary_key(self) -> str:
-        """The metric within its stage's result (``best/val/accuracy``)."""
+        """The metric within its stage's result (``best.val.accuracy``)."""
         return self.metric.split("/", 1)[1]
 
     @property
     def epoch_metric(self) -> str:
         """The per-epoch metric that feeds the pruner (``val/accuracy``)."""
-        return self.summary_key.split("/", 1)[1]
+        return (split_summary(self.summary_key) or ("", self.summary_key))[1]
 
 
 # --- pass 2: the search block against the experiment --------------------------------------
@@ -193,19 +202,22 @@ def check(experiment, registry) -> list[tuple[tuple, str]]:
 
 def _metric_problems(search: SearchConfig, experiment) -> list[str]:
     stages = [s.name for s in experiment.stages]
-    parts = search.metric.split("/", 2)
-    if len(parts) < 3 or parts[1] not in ("best", "last", "kept"):
-        return [f"expected '<stage>/best/<metric>' or '<stage>/last/<metric>', e.g. '{stages[-1]}/best/val/accuracy'"]
+    stage, _, rest = search.metric.partition("/")
+    summary = split_summary(rest)
+    if summary is None:
+        return [f"expected '<stage>/best.<metric>', '<stage>/kept.<metric>' or '<stage>/last.<metric>', "
+                f"e.g. '{stages[-1]}/best.val.accuracy'"]
     from ..registry import unknown_name_message
 
+    kind, metric = summary
     out = []
-    if parts[0] not in stages:
-        out.append(unknown_name_message("stage", parts[0], stages))
-    if parts[2].startswith("test/"):
-        out.append(f"'{parts[2]}' would choose hyperparameters by the test set, which then no longer measures "
-                   f"anything unseen: search on '{parts[0]}/{parts[1]}/val/{parts[2].split('/', 1)[1]}'")
-    elif parts[2] not in SUMMARY_METRICS:
-        out.append(unknown_name_message("summary metric", parts[2], list(SUMMARY_METRICS)))
+    if stage not in stages:
+        out.append(unknown_name_message("stage", stage, stages))
+    if metric.startswith("test/"):
+        out.append(f"'{metric}' would choose hyperparameters by the test set, which then no longer measures "
+                   f"anything unseen: search on '{stage}/{summary_name(kind, 'val/' + metric.split('/', 1)[1])}'")
+    elif metric not in SUMMARY_METRICS:
+        out.append(unknown_name_message("summary metric", metric, list(SUMMARY_METRICS)))
     return out
 
 

@@ -3,7 +3,7 @@
 Pruning listens to the experiment through the ``on_epoch_end`` hook: a small
 in-process plugin, registered with the plugin manager for the trial only,
 reports the per-epoch value of the searched metric (``val/accuracy`` for
-``student/best/val/accuracy``) of the metric's stage to Optuna and raises
+``student/best.val.accuracy``) of the metric's stage to Optuna and raises
 ``TrialPruned`` when the pruner says so. ``TrialPruned`` is a
 ``mentor.StopRun``, so the experiment's runs end KILLED, like the trial's.
 """

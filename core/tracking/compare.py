@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from ..summary import split_summary, summary_name
 from .render import render
 from .runs_table import (
     BASE_SCHEMA,
@@ -32,7 +33,7 @@ __all__ = ["BASE_SCHEMA", "compare", "compression_reports", "leaderboard", "rend
            "trial_leaderboard"]
 
 #: Summary metrics shown next to the ranked value when a stage run logged them.
-SUMMARY_COLUMNS = ("best/val/accuracy", "best/test/accuracy", "last/test/accuracy")
+SUMMARY_COLUMNS = ("best.val.accuracy", "best.test.accuracy", "last.test.accuracy")
 
 _BY = ("best", "last")
 _LEVELS = ("stage", "experiment")
@@ -41,10 +42,10 @@ LEVELS = (*_LEVELS, "trial", "seeds")  # what compare() takes
 
 def _metric_keys(metric: str, by: str) -> tuple[str, str | None]:
     """The summary metric to rank by and the plain metric to fall back on."""
-    head, _, rest = metric.partition("/")
-    if head in _BY and rest:  # already a summary name, e.g. "best/test/accuracy"
-        return metric, rest
-    return f"{by}/{metric}", metric
+    summary = split_summary(metric)
+    if summary is not None:  # already a summary name, e.g. "best.test.accuracy" (or "best/test/accuracy")
+        return summary_name(*summary), summary[1]
+    return summary_name(by, metric), metric
 
 
 def _present(df: pl.DataFrame, column: str | None) -> bool:
@@ -71,15 +72,15 @@ def _empty_stage_board(table: pl.DataFrame) -> pl.DataFrame:
 
 def leaderboard(experiment: str, *, metric: str = "test/accuracy", by: str = "best",
                 tracking_uri: str | None = None, level: str = "stage") -> pl.DataFrame:
-    """Rank the runs of an experiment by ``<by>/<metric>`` (e.g. ``best/test/accuracy``).
+    """Rank the runs of an experiment by ``<by>.<metric>`` (e.g. ``best.test.accuracy``).
 
     For a stage run lacking the summary metric, the latest value of ``<metric>`` is used.
-    ``metric`` may also be a full summary name (``"last/val/accuracy"``), then ``by`` is
+    ``metric`` may also be a full summary name (``"last.val.accuracy"``), then ``by`` is
     ignored.
 
     ``level="stage"``: one row per stage run (tag ``mentor.kind=stage``), best first, with
     columns ``rank, stage, method, model, value``, the summary columns
-    ``best/val/accuracy, best/test/accuracy, last/test/accuracy`` when logged, then
+    ``best.val.accuracy, best.test.accuracy, last.test.accuracy`` when logged, then
     ``status, run_id, parent_run_id, parent_run_name, parent`` (short id + name) and
     ``start_time``. Rows without a value come last, with a null rank.
 

@@ -197,6 +197,11 @@ class Tracker:
             self.client.delete_logged_model(model.model_id)
         return False
 
+    def has_artifact(self, run_id: str, artifact_file: str) -> bool:
+        folder = str(Path(artifact_file).parent)
+        listed = self.client.list_artifacts(run_id, None if folder == "." else folder)
+        return any(item.path == artifact_file for item in listed)
+
     def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name

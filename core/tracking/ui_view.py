@@ -18,8 +18,8 @@ import json
 VIEW_KEY = "mentor"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
-COLUMNS = ["metrics.`kept/val/accuracy`", "metrics.`kept/test/accuracy`", "metrics.`last/test/accuracy`",
-           "metrics.`kept/epoch`", "tags.`mentor.method`", "tags.`mentor.model`"]
+COLUMNS = ["metrics.`kept.val.accuracy`", "metrics.`kept.test.accuracy`", "metrics.`last.test.accuracy`",
+           "metrics.`kept.epoch`", "tags.`mentor.method`", "tags.`mentor.model`"]
 
 
 def runs_view() -> str:

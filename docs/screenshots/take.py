@@ -6,10 +6,9 @@
 
 Writes runs.png (the experiment's runs table as `mentor ui --experiment`
 opens it: stage runs grouped by stage) and overview.png (a stage run's page:
-name, parent, source, dataset, description, summary metrics) into
-docs/screenshots/. (Its Model metrics tab is not shot: MLflow orders chart
-sections alphabetically, so the best/kept/last summaries come first.) Only loopback
-addresses are used; the UI is stopped at the end.
+name, parent, source, dataset, description, summary metrics) and metrics.png
+(its Model metrics tab: the curves, then the summaries) into docs/screenshots/.
+Only loopback addresses are used; the UI is stopped at the end.
 """
 
 from __future__ import annotations
@@ -96,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
         shoot(chromium, ui_url(base, eid), args.out / "runs.png", args.size)  # the address `mentor ui` prints
         shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}?{view}", args.out / "overview.png", args.size)
+        shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}/model-metrics?{view}", args.out / "metrics.png",
+              args.size)
     finally:
         ui.terminate()
         ui.wait(timeout=30)

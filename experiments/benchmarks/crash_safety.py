@@ -107,7 +107,7 @@ SWEEP = {
         "epochs": 2, "batch_size": 64, "optimizer": SGD,
         "losses": [{"name": "cross_entropy", "weight": 0.5}, {"name": "kd", "weight": 0.5}]}]),
     "tracking": {"log_model": False},
-    "search": {"metric": "student/best/val/accuracy", "direction": "maximize", "trials": 4,
+    "search": {"metric": "student/best.val.accuracy", "direction": "maximize", "trials": 4,
                "sampler": {"name": "random", "seed": 0},
                "space": {"stages[1].losses[1].params.temperature": {"float": [1, 8]}}},
 }

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             order.append(stage)
         m = run.data.metrics
         minutes = (run.info.end_time - run.info.start_time) / 60_000 if run.info.end_time else float("nan")
-        rows.setdefault(stage, {})[seed] = (m.get("kept/test/accuracy"), m.get("last/test/accuracy"), minutes)
+        rows.setdefault(stage, {})[seed] = (m.get("kept.test.accuracy"), m.get("last.test.accuracy"), minutes)
     seeds = sorted(set(seed_runs.values()))
 
     def cell(values: list[float | None]) -> str:
