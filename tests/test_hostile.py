@@ -44,7 +44,7 @@ stages: [{kind: train, model: teacher}]
 
 
 #: Cases that could hang or exhaust memory run in a subprocess with a time limit; the rest in process.
-GUARDED = {"alias-bomb", "recursive-alias", "deep-nesting"}
+GUARDED = {"alias-bomb", "recursive-alias", "deep-nesting", "override-alias-bomb"}
 
 
 def validate(tmp_path, text: str | bytes, *overrides: str, guarded: bool = False, capsys=None):
@@ -76,6 +76,8 @@ CASES = [
     ("stage-absolute", good(), ("stages[0].name=/tmp/x",), "stages[0].name", "is not a valid name"),
     ("stage-empty", good(), ("stages[0].name=''",), "stages[0].name", "is not a valid name"),
     ("stage-space", good(), ("stages[0].name=my stage",), "stages[0].name", "is not a valid name"),
+    ("stage-name-too-long", good(), ("stages[0].name=" + "a" * 5000,), "stages[0].name",
+     "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'... (5000 characters) is not a valid name"),
     ("experiment-traversal", good(name="../x"), (), "name", "is not a valid name"),
     ("infinite-lr", good(), ("stages[0].optimizer.lr=.inf",), "stages[0].optimizer.lr", "finite number"),
     ("nan-temperature", good(), ("stages[1].losses[1].params.temperature=.nan",),
@@ -96,6 +98,15 @@ CASES = [
      "finite number"),
     ("override-index-out-of-range", good(), ("stages[9].epochs=1",), "stages[9].epochs", "index out of range"),
     ("unknown-model", good(), ("stages[0].model=nope",), "stages[0].model", "unknown model 'nope'"),
+    ("override-alias-bomb", good(), ("models.teacher.params.x=" + "[&a [x,x,x,x,x,x,x,x,x,x]," + ",".join(
+        f"&{b} [{','.join(['*' + a] * 10)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)) + "]",),
+     "--set: models.teacher.params.x:", "the value expands to more than 100,000 values"),
+    ("override-object-tag", good(), ("name=!!python/object/apply:os.system [ls]",), "--set: name:",
+     "could not determine a constructor for the tag"),
+    ("yes-for-epochs", good(), ("stages[0].epochs=yes",), "--set: stages[0].epochs:",
+     "Input should be a valid integer"),
+    ("true-for-temperature", good(), ("stages[1].losses[1].params.temperature=on",),
+     "stages[1].losses[1].params.temperature", "Input should be a valid number"),
     ("init-of-another-architecture", good(), ("models.student.params.channels=[4, 8]", "stages[1].init=teacher"),
      "stages[1].init", "stage 'teacher' trained models.teacher (small_cnn), whose weights do not fit "
      "models.student (small_cnn, other layer shapes)"),

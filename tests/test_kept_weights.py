@@ -56,10 +56,10 @@ def test_the_kept_weights_are_the_ones_the_kept_metrics_measured(workdir, plugin
     assert best_epoch != len(val) - 1, f"the test needs a best epoch before the last: {val}"
     assert m["best.epoch"] == best_epoch + 1  # 1-based, as printed and logged
     assert m["kept.epoch"] == (best_epoch if keep == "best" else len(val) - 1) + 1
-    expected = m[f"{keep}/test/accuracy"]
+    expected = m[f"{keep}.test.accuracy"]
     assert m["kept.test.accuracy"] == expected
     assert accuracy_of_saved_weights(result, exp, plugins, "test") == pytest.approx(expected, abs=1e-9)
-    assert accuracy_of_saved_weights(result, exp, plugins, "val") == pytest.approx(m[f"{keep}/val/accuracy"],
+    assert accuracy_of_saved_weights(result, exp, plugins, "val") == pytest.approx(m[f"{keep}.val.accuracy"],
                                                                                     abs=1e-9)
 
 

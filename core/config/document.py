@@ -170,7 +170,8 @@ def _check_expanded_size(source: str, root: yaml.Node | None) -> None:
         sizes[key] = min(total, MAX_NODES + 1)
         if total > MAX_NODES:
             mark = node.start_mark
-            raise ConfigError([Problem(source, "", f"the file expands to more than {MAX_NODES:,} values "
+            what = "the value" if source == "--set" else "the file"
+            raise ConfigError([Problem(source, "", f"{what} expands to more than {MAX_NODES:,} values "
                                        "(YAML aliases repeated inside each other?)", mark.line + 1,
                                        mark.column + 1)])
         return sizes[key]
@@ -199,15 +200,33 @@ def apply_overrides(doc: Document, overrides: Sequence[str]) -> None:
             continue
         try:
             path = parse_path(key.strip())
-            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+            value = _override_value(raw_value) if raw_value.strip() else ""
             set_path(doc.data, path, value)
+        except yaml.MarkedYAMLError as exc:  # one line, not PyYAML's excerpt of the value
+            problems.append(Problem("--set", key.strip(), " ".join(str(p) for p in (exc.context, exc.problem) if p)))
+            continue
         except (ValueError, yaml.YAMLError) as exc:
             problems.append(Problem("--set", key.strip(), str(exc)))
+            continue
+        except ConfigError as exc:  # an override's value over the bounds a file has
+            problems.extend(Problem("--set", key.strip(), p.message) for p in exc.problems)
             continue
         doc.overridden.append(path)
         doc.overrides.append(f"{key.strip()}={raw_value.strip()}")
     if problems:
         raise ConfigError(problems)
+
+
+def _override_value(text: str) -> Any:
+    """A ``--set`` value, read as YAML under the same bounds as a file (aliases, size, duplicate keys)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        _check_expanded_size("--set", root)
+        _check_duplicate_keys("--set", root)
+        return loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
 
 
 def set_path(data: Any, path: Sequence[str | int], value: Any) -> None:

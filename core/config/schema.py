@@ -29,7 +29,8 @@ def check_name(value: str) -> str:
     """The one rule for every name mentor turns into a path (experiment, stage, study): no separators,
     no ``..``, nothing empty, so that what a run writes stays under its folder."""
     if len(value) > 100 or not re.match(NAME_PATTERN, value):
-        raise ValueError(f"{value!r} is not a valid name: it names a folder ({NAME_RULE})")
+        shown = repr(value) if len(value) <= 60 else f"{value[:40]!r}... ({len(value)} characters)"
+        raise ValueError(f"{shown} is not a valid name: it names a folder ({NAME_RULE})")
     return value
 
 
