@@ -346,7 +346,7 @@ class StageContext(Recording):
             print(f"[{self.stage.name}{'/' + phase if phase else ''}] stopped after epoch "
                   f"{len(result.history)} of {cfg.epochs}: {result.stopped}", file=sys.stderr)
             self.tracker.set_tags(self.run_id, {"mentor.stopped_early": result.stopped})
-            self.tracker.log_metrics(self.run_id, {"stopped/epoch": float(len(result.history))})
+            self.tracker.log_metrics(self.run_id, {"stopped.epoch": float(len(result.history))})
         weights = folder / "final.pt"
         model = getattr(task.model, "_orig_mod", task.model)
         if cfg.keep == "best" and result.best_state is not None:  # the weights the best.* metrics measured

@@ -95,9 +95,9 @@ def export_stage(ctx: StageContext, result: StageResult) -> dict:
                                f"up to {check['max_abs_diff']:.3g} (tolerance {cfg.tolerance:g}) on "
                                f"{int(check['images'])} test images")
     fp32_accuracy = onnx_accuracy(session, _cpu_batches(ctx, test))
-    metrics = {"export/onnx/max_abs_diff": check["max_abs_diff"],
-               "export/onnx/top1_agreement": check["top1_agreement"],
-               "export/onnx/test/accuracy": fp32_accuracy, "export/onnx/size_mb": measure.file_mb(onnx_path)}
+    metrics = {"export.onnx.max_abs_diff": check["max_abs_diff"],
+               "export.onnx.top1_agreement": check["top1_agreement"],
+               "export.onnx.test.accuracy": fp32_accuracy, "export.onnx.size_mb": measure.file_mb(onnx_path)}
     record = {"weights_sha256": digest, "onnx": str(onnx_path), "onnx_test_accuracy": fp32_accuracy,
               "check": check, "int8": None, "int8_status": None, "preprocess": preprocess.to_dict()}
     name = f"{ctx.stage.name}-{result.model_key}"
@@ -111,8 +111,8 @@ def export_stage(ctx: StageContext, result: StageResult) -> dict:
         int8_path = quantize_int8(onnx_path, folder / "model.int8.onnx", calibration)
         int8_accuracy = onnx_accuracy(OnnxModel(int8_path), _cpu_batches(ctx, test))
         drop = fp32_accuracy - int8_accuracy
-        metrics.update({"export/int8/test/accuracy": int8_accuracy, "export/int8/accuracy_drop": drop,
-                        "export/int8/size_mb": measure.file_mb(int8_path)})
+        metrics.update({"export.int8.test.accuracy": int8_accuracy, "export.int8.accuracy_drop": drop,
+                        "export.int8.size_mb": measure.file_mb(int8_path)})
         record["int8"], record["int8_test_accuracy"] = str(int8_path), int8_accuracy
         if drop > cfg.max_int8_drop:
             status = (f"rejected: test accuracy {int8_accuracy:.4f} is {drop:.4f} below fp32's {fp32_accuracy:.4f} "

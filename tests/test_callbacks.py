@@ -43,7 +43,7 @@ def test_early_stopping_ends_the_stage_keeps_its_best_epoch_and_the_run_goes_on(
     assert runs["teacher"].info.status == "FINISHED" and runs["after"].info.status == "FINISHED"
     tag = runs["teacher"].data.tags["mentor.stopped_early"]
     assert "val/accuracy did not improve" in tag and "2 evaluations" in tag
-    assert runs["teacher"].data.metrics["stopped/epoch"] == 3
+    assert runs["teacher"].data.metrics["stopped.epoch"] == 3
     assert "mentor.stopped_early" not in runs["after"].data.tags
     parent = next(r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
                   if r.data.tags.get("mentor.kind") == "experiment")

@@ -90,10 +90,10 @@ def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
     stage_run = next(r for r in client.search_runs([runner.tracker.experiment_id])
                      if r.data.tags.get("mentor.stage") == "student")
     m = stage_run.data.metrics
-    assert m["export/onnx/max_abs_diff"] < 1e-4 and m["export/onnx/top1_agreement"] == 1.0
-    assert 0 <= m["export/int8/test/accuracy"] <= 1
-    assert m["export/int8/accuracy_drop"] == pytest.approx(m["export/onnx/test/accuracy"]
-                                                           - m["export/int8/test/accuracy"])
+    assert m["export.onnx.max_abs_diff"] < 1e-4 and m["export.onnx.top1_agreement"] == 1.0
+    assert 0 <= m["export.int8.test.accuracy"] <= 1
+    assert m["export.int8.accuracy_drop"] == pytest.approx(m["export.onnx.test.accuracy"]
+                                                           - m["export.int8.test.accuracy"])
     assert stage_run.data.tags["mentor.export.int8"] == "shipped"
     # the ONNX models are MLflow models of the stage's run, with the preprocessing record and a signature
     with fluent_tracking_uri(store()):
@@ -111,7 +111,7 @@ def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
     student, teacher = rows[("student", "pytorch fp32")], rows[("teacher", "pytorch fp32")]
     assert student["test_accuracy"] == pytest.approx(results["student"].metrics["kept.test.accuracy"])
     assert teacher["test_accuracy"] == pytest.approx(results["teacher"].metrics["kept.test.accuracy"])
-    assert rows[("student", "onnx fp32")]["test_accuracy"] == pytest.approx(m["export/onnx/test/accuracy"])
+    assert rows[("student", "onnx fp32")]["test_accuracy"] == pytest.approx(m["export.onnx.test.accuracy"])
     params = {k: sum(p.numel() for p in runner.state().registry.get("model", "small_cnn").factory(
         4, 1, **experiment(tiny_config, plugins).models[k].params).parameters()) for k in ("teacher", "student")}
     assert student["parameters"] == params["student"]
@@ -209,7 +209,7 @@ def test_an_int8_model_below_the_threshold_is_reported_not_shipped(workdir, plug
     stage_run = next(r for r in client.search_runs([runner.tracker.experiment_id])
                      if r.data.tags.get("mentor.stage") == "student")
     m = stage_run.data.metrics
-    assert m["export/int8/accuracy_drop"] > 0.05
+    assert m["export.int8.accuracy_drop"] > 0.05
     assert stage_run.data.tags["mentor.export.int8"].startswith("rejected: test accuracy")
     with pytest.raises(mlflow.exceptions.MlflowException), fluent_tracking_uri(store()):
         mlflow.models.get_model_info(f"runs:/{stage_run.info.run_id}/student-student-int8")
@@ -270,7 +270,7 @@ def test_mentor_export_after_the_fact_and_compare_report(workdir, tiny_config, w
     stage_run = next(r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
                      if r.data.tags.get("mentor.stage") == "student")
     assert stage_run.info.status == "FINISHED"
-    assert stage_run.data.metrics["export/onnx/top1_agreement"] == 1.0
+    assert stage_run.data.metrics["export.onnx.top1_agreement"] == 1.0
     assert json.loads((workdir / "mlruns/checkpoints/tiny" / parent / "student/export/export.json").read_text())[
         "int8_status"] == "shipped"
     assert main(["export", "0" * 32]) == 2

@@ -271,8 +271,8 @@ def snapshot(workdir: Path, experiment: str) -> dict:
         histories = {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
                      for k in run.data.metrics}
         tree[key] = {
-            "status": run.info.status,
-            "params": dict(sorted(run.data.params.items())),
+            "status": run.info.status,  # a path under the trial's own folder is the same path in each trial
+            "params": {k: v.replace(str(workdir), "<workdir>") for k, v in sorted(run.data.params.items())},
             "metrics": histories,
             "models": sorted(models.get(run.info.run_id, [])),
             "artifacts": sorted(_artifacts(client, run.info.run_id)),
