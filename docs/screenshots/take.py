@@ -42,9 +42,11 @@ def call(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
         return json.loads(response.read())
 
 
-def shoot(chromium: str, url: str, out: Path, size: str) -> None:
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={size}", "--virtual-time-budget=20000", f"--screenshot={out}", url],
+def shoot(chromium: str, url: str, out: Path, size: str, budget_ms: int = 20000) -> None:
+    # the new headless mode, drawing every frame: the charts' canvases are empty otherwise
+    subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--run-all-compositor-stages-before-draw", f"--window-size={size}",
+                    f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=180)
     print(f"{out} <- {url}")
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         shoot(chromium, ui_url(base, eid), args.out / "runs.png", args.size)  # the address `mentor ui` prints
         shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}?{view}", args.out / "overview.png", args.size)
         shoot(chromium, f"{base}/#/experiments/{eid}/runs/{run_id}/model-metrics?{view}", args.out / "metrics.png",
-              args.size)
+              args.size, budget_ms=120000)  # every chart fetches its metric's history
     finally:
         ui.terminate()
         ui.wait(timeout=30)
