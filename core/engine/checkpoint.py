@@ -21,7 +21,7 @@ class StateWriteError(CheckpointError):
     """Resume state or weights could not be written (a full disk, a read-only folder); names the file."""
 
 
-def _write_atomic(path: str | Path, write) -> None:
+def write_atomic(path: str | Path, write) -> None:
     """``write(handle)`` into a temporary file in the same folder, then rename over ``path``: a reader
     (or a resumed run) sees the old file or the new one, never half of one. A failure to write is a
     ``StateWriteError`` that names the file and, for a full disk, says so (torch's own message for it
@@ -54,11 +54,12 @@ def _clear_stale(path: Path) -> None:
     that no longer runs): a run killed while writing resumes without its litter."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and pid_alive(int(pid))):
             tmp.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with that id runs (a process of another user counts)."""
     if pid == os.getpid():
         return True
     try:
@@ -92,19 +93,14 @@ def _why(exc: BaseException, path: Path) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
 
 
-def write_atomic(path: str | Path, write) -> None:
-    """Any file written atomically: ``write(handle)`` fills a binary handle (see ``_write_atomic``)."""
-    _write_atomic(path, write)
-
-
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (see ``_write_atomic``)."""
-    _write_atomic(path, lambda handle: torch.save(obj, handle))
+    """``torch.save`` to ``path`` atomically (see ``write_atomic``)."""
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
     """A small text file (a stage's result.json, a report) written atomically."""
-    _write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load(path: str | Path) -> Any:

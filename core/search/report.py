@@ -14,7 +14,6 @@ import yaml
 from optuna.trial import TrialState
 
 from ..config.search import SearchConfig
-from ..engine import checkpoint
 from .space import decoded
 from .trial import CONFIG
 
@@ -39,10 +38,6 @@ def best_config_text(study: optuna.Study, search: SearchConfig, path: Path) -> s
         f"# Run it: mentor run {path}",
     ]
     return "\n".join(lines) + "\n" + yaml.safe_dump(trial.user_attrs[CONFIG], sort_keys=False)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    checkpoint.write_text_atomic(text, path)
 
 
 def figures(study: optuna.Study) -> dict[str, object]:

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from ..config.schema import check_name
 from ..config.search import SearchConfig
+from ..engine import checkpoint
 from ..pipeline import git_commit
 from ..plugins import Plugins, default_plugins
 from ..tracking.tracker import Tracker, fluent_tracking_uri
@@ -159,7 +160,7 @@ class Sweep:
         host = socket.gethostname()
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = trial.user_attrs.get(PID)
-            if trial.user_attrs.get(HOST) != host or pid is None or _alive(pid):
+            if trial.user_attrs.get(HOST) != host or pid is None or checkpoint.pid_alive(int(pid)):
                 continue
             self.study.tell(trial.number, state=TrialState.FAIL)
             self.runs.kill_trial(trial.number)
@@ -185,7 +186,7 @@ class Sweep:
             path = sweep_dir(self.study_name) / "best.yaml"
             text = report.best_config_text(self.study, self.search, path)
             if best is not None and text is not None:
-                report.write_atomic(path, text)
+                checkpoint.write_text_atomic(text, path)
                 tracker.log_text(run_id, text, "best.yaml")
                 tracker.log_metrics(run_id, {"best/value": best.value, f"best/{self.search.metric}": best.value})
                 tracker.set_tags(run_id, {"mentor.best_trial": str(best.number)})
@@ -196,16 +197,6 @@ class Sweep:
         finally:
             self.runs.end(status)
         return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 def run_sweep(experiment, plugins: Plugins | None = None, **options) -> Sweep:

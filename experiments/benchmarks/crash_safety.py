@@ -144,7 +144,7 @@ def child(point: str, nth: int, argv: list[str]) -> int:
 
     register_optimizer_step_post_hook(lambda *args: moment("step"))
 
-    write_atomic = checkpoint._write_atomic
+    write_atomic = checkpoint.write_atomic
 
     def armed_write(path, write):
         if Path(path).name != "checkpoint.pt":
@@ -158,7 +158,7 @@ def child(point: str, nth: int, argv: list[str]) -> int:
         write_atomic(path, write_then_die)
         moment("epoch")
 
-    checkpoint._write_atomic = armed_write
+    checkpoint.write_atomic = armed_write
 
     save = StageResult.save
 
