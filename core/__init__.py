@@ -19,6 +19,8 @@ from .config.schema import (
     SelectionSpec,
     StageConfig,
     StageName,
+    TeacherCacheConfig,
+    TeacherCacheOption,
     TeacherRef,
     TrainingConfig,
     TrainingStageConfig,
@@ -32,6 +34,7 @@ from .data.pool import IMAGE_EXTENSIONS, ImagePool, PoolImages, find_images
 from .data.splits import UnlabeledImages, derive_seed
 from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
 from .data.types import DataBundle, DataInfo, DataNotFound, ImageSet
+from .data.views import RecordedViews
 from .engine import distributed
 from .engine.checkpoint import CheckpointError
 from .engine.loop import TrainTask
@@ -45,6 +48,7 @@ from .pseudo_labels import pool_diagnostics, soft_targets
 from .registry import unknown_name_message
 from .summary import summary_name
 from .tables import SCORES_SCHEMA, SELECTION_SCHEMA, TableError, check_selection, scores_frame
+from .teacher_cache import TeacherCache, TeacherCacheError
 from .version import __version__
 from .weights import mark_untrained, untrained_layers
 
@@ -70,6 +74,8 @@ __all__ = [
     "ModelKey",
     "StageName",
     "TeacherRef",
+    "TeacherCacheConfig",
+    "TeacherCacheOption",
     "trained_model_key",
     "teacher_model_key",
     # data
@@ -87,6 +93,7 @@ __all__ = [
     "StrongAugment",
     "MAX_MAGNITUDE",
     "derive_seed",
+    "RecordedViews",
     # weights
     "CheckpointError",
     "mark_untrained",
@@ -112,6 +119,8 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "lr_factor",
+    "TeacherCache",
+    "TeacherCacheError",
     "distributed",
     # pseudo-label tables
     "SCORES_SCHEMA",

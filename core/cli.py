@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import NothingToResume
     from .plugins import PluginError
     from .registry import PluginConflict, UnknownComponent
+    from .teacher_cache import TeacherCacheError
     from .tracking.tracker import TrackingUnreachable
 
     args = build_parser().parse_args(argv)
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except (PluginError, PluginConflict, UnknownComponent, DataNotFound, CheckpointError,
             NothingToResume, TrackingUnreachable, ExportError, ExportRunError, RegistryConflict,
-            PredictError) as exc:
+            PredictError, TeacherCacheError) as exc:
         if debug:
             raise
         err(f"error: {exc}")

@@ -281,7 +281,7 @@ class StageContext(Recording):
         """
         from .pool_scores import score_pool
 
-        table = score_pool(model, pool, Path(self.experiment.tracking.cache_dir) / "scores",
+        table = score_pool(model, pool, self.cache_root() / "scores",
                            channels=self.info.in_channels, size=self.info.image_size, top_p=top_p,
                            batch_size=batch_size, mean=self.info.mean, std=self.info.std, runtime=self.runtime,
                            chunk_size=chunk_size, teacher=teacher)
@@ -295,6 +295,66 @@ class StageContext(Recording):
                                             "mentor.scores.reused": str(table.reused).lower()})
         self.log_metrics({"pool/skipped": float(len(skipped)), "pool/size": float(len(pool))})
         return table
+
+    def cache_root(self) -> Path:
+        """Where tables and caches shared by stages, runs and sweep trials live (``tracking.cache_dir``)."""
+        return Path(self.experiment.tracking.cache_dir)
+
+    def cached_teacher(self, teacher: nn.Module, config, *, data: ImageSet, nodes: list[str] | tuple = (),
+                       cfg: TrainingConfig | None = None, label: str = ""):
+        """The teacher's outputs over recorded augmented views of ``data`` (a ``mentor.TeacherCache``).
+
+        ``config`` is a ``TeacherCacheConfig`` (a stage's ``teacher_cache:``);
+        ``nodes`` the teacher features a loss reads; the augmentation is
+        ``cfg``'s (the stage's). The cache lives in ``tracking.cache_dir``,
+        keyed by the teacher's weights, ``data``'s images, the augmentation and
+        the settings: found, resumed after a kill, or built here (the teacher
+        runs once per view and image). Returns None, with the reason printed
+        and tagged on the stage's run (``mentor.teacher_cache``), when the
+        teacher must run live: the cache would exceed ``config.max_gb``, or a
+        node's output is not one tensor.
+
+        Use: ``TrainTask(views=cache.views, ...)`` on data whose targets are row
+        numbers (``ImageSet(data.images, torch.arange(len(data)))``), and in the
+        step ``cache.outputs(rows, epoch)`` for the teacher's logits and features
+        of exactly the views the batch shows.
+        """
+        from .engine.loop import batch_augment
+        from .features import probe
+        from .teacher_cache import open_cache
+
+        cfg = cfg or self.stage
+        nodes = list(dict.fromkeys(nodes))
+        augment_cfg = self.augment_config(cfg)
+        shapes = probe(teacher, self.example(data), nodes) if nodes else {}
+        missing = [node for node in nodes if node not in shapes]
+        cache = None
+        if missing:
+            reason = f"the teacher's node {missing[0]!r} does not output one tensor"
+        else:
+            cache = open_cache(
+                teacher, data.images, config=config, augment=batch_augment(augment_cfg),
+                augment_record=augment_cfg.model_dump(mode="json"), nodes=nodes,
+                feature_shapes={node: tuple(shape[1:]) for node, shape in shapes.items()},
+                classes=self.info.num_classes, root=self.cache_root() / "teacher",
+                origin=f"{self.experiment.name}/{self.stage.name}", teacher_label=label, mean=self.info.mean,
+                std=self.info.std, runtime=self.runtime, batch_size=cfg.eval_batch_size, stage_seed=self.seed)
+            if isinstance(cache, str):
+                reason, cache = cache, None
+        if cache is None:
+            print(f"[{self.stage.name}] teacher cache off, the teacher runs live: {reason}", file=sys.stderr)
+            self.tracker.set_tags(self.run_id, {"mentor.teacher_cache": f"live: {reason}"[:5000]})
+            return None
+        record = cache.meta["record"]
+        self.tracker.set_tags(self.run_id, {"mentor.teacher_cache": "on",
+                                            "mentor.teacher_cache.key": cache.key,
+                                            "mentor.teacher_cache.reused": str(cache.reused).lower(),
+                                            "mentor.teacher_cache.views": str(record["views"])})
+        self.tracker.log_dict(self.run_id, {k: v for k, v in cache.meta.items() if k != "reused"},
+                              "teacher_cache/meta.json")
+        if not cache.reused:
+            self.log_metrics({"teacher_cache.build_seconds": float(cache.meta.get("built_seconds", 0.0))})
+        return cache
 
     # -- the loop -----------------------------------------------------------------
     def fit(self, task: TrainTask, model_key: str, cfg: TrainingConfig | None = None, *,

@@ -19,6 +19,7 @@ from mentor import (
     StageContext,
     StageName,
     StageResult,
+    TeacherCacheOption,
     TeacherRef,
     TrainingStageConfig,
     TrainTask,
@@ -57,6 +58,9 @@ class DistillStage(TrainingStageConfig):
     student: ModelKey = Field(description="a key of `models`: the student's architecture")
     init: StageName | None = Field(default=None, description="start the student from this stage's weights")
     losses: list[LossSpec] = Field(default_factory=_default_losses, min_length=1)
+    teacher_cache: TeacherCacheOption = Field(
+        default=None, description="run the teacher once per recorded augmented view ahead of training and "
+        "read its outputs from disk (`true` or settings; see docs/teacher_cache.md); off by default")
 
     @field_validator("losses")
     @classmethod
@@ -105,13 +109,9 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
 
     data = ctx.training_data()
     needs_index = any(INDEX in loss.needs for loss in losses)
-    labels_of_rows = None
-    if needs_index:  # a per-sample memory (CRD): batches carry row numbers, the labels are looked up
-        labels_of_rows = data.labels.to(ctx.device)
-        data = ImageSet(data.images, torch.arange(len(data)), data.index)
+    if needs_index:  # a per-sample memory (CRD)
         for loss in losses:
             loss.dataset_size = len(data)
-
     student_nodes = [n for loss in losses for n in loss.student_nodes]
     teacher_nodes = [n for loss in losses for n in loss.teacher_nodes]
     student_tap = FeatureTap(student, student_nodes, "student")
@@ -127,19 +127,29 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
                 raise ctx.config_error(("stages", ctx.index, "losses", i, "params"), str(exc)) from None
     run_teacher = bool(teacher_nodes) or any(TEACHER_LOGITS in loss.needs for loss in losses)
     needs_labels = any(LABELS in loss.needs for loss in losses)
+    cache = None
+    if stage.teacher_cache is not None and run_teacher:
+        cache = ctx.cached_teacher(teacher, stage.teacher_cache, data=data, nodes=teacher_nodes, label=stage.teacher)
+    labels_of_rows = None
+    if needs_index or cache is not None:  # batches carry row numbers (CRD's memory, the cache); labels looked up
+        labels_of_rows = data.labels.to(ctx.device)
+        data = ImageSet(data.images, torch.arange(len(data)), data.index)
     epoch = {"now": 0}
 
     def step(x, y):
         rows = None
-        if needs_index:
+        if labels_of_rows is not None:
             rows, y = y, labels_of_rows[y]
         logits, s_features = student_tap(x)
         t_logits, t_features = None, {}
-        if run_teacher:
+        if cache is not None:
+            t_logits, t_features = cache.outputs(rows, epoch["now"])
+        elif run_teacher:
             with torch.no_grad():
                 t_logits, t_features = teacher_tap(x)
         out = Outputs(student_logits=logits, labels=y if needs_labels else None, teacher_logits=t_logits,
-                      student_features=s_features, teacher_features=t_features, epoch=epoch["now"], index=rows)
+                      student_features=s_features, teacher_features=t_features, epoch=epoch["now"],
+                      index=rows if needs_index else None)
         values = [loss(out) for loss in losses]
         weights = [spec.weight_at(epoch["now"]) for spec in stage.losses]
         total = sum(w * v for w, v in zip(weights, values, strict=True))
@@ -149,11 +159,14 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
                        if not isinstance(spec.weight, float | int)})  # a scheduled weight, as it was
         return total, logged
 
+    if cache is not None:
+        teacher.to("cpu")  # its outputs are read from the cache: free the device's memory
     task = TrainTask(
         model=student, step=step, data=data,
         extra={"losses": nn.ModuleList(losses)},  # regressors: trained, checkpointed, not exported
-        frozen={"teacher": teacher},
+        frozen={} if cache is not None else {"teacher": teacher},
         on_epoch=lambda e: epoch.update(now=e),
+        views=cache.views if cache is not None else None,
     )
     return ctx.fit(task, stage.student)
 

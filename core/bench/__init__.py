@@ -43,12 +43,13 @@ def run_bench(experiment, plugins, *, config: str | Path = "", steps: int = 20, 
             def measure(ctx, task, cfg):
                 return measure_task(ctx, task, cfg, steps=steps, warmup=warmup, peak_tflops=peak)
 
-            ctx = BenchContext(state, index, measure)
+            rows = max(steps, warmup, 1) * getattr(stage, "batch_size", 1)
+            ctx = BenchContext(state, index, measure, rows)
             method = plugins.registry.get("method", stage.kind)
             try:
                 method.factory(stage, ctx)
             except Measured as done:
-                results.append(done.figures)
+                results.append({**done.figures, "teacher_cache": ctx.cache})
                 continue
             raise BenchError(f"stage '{stage.name}' ({stage.kind}) finished without calling the training loop: "
                              "nothing to measure")

@@ -12,7 +12,11 @@ of a run:
   freshly initialised: a step's time does not depend on the weights, and a
   bench needs no earlier stage to have run;
 - nothing is recorded: the tracker is a no-op (no MLflow run is created) and
-  the stage folders live in a temporary directory.
+  the stage folders live in a temporary directory;
+- a teacher cache (``teacher_cache:``) is built in that temporary directory,
+  over the rows the bench's steps use only: its step reads stored outputs as
+  a run's does, without paying for views of images it never reaches (the
+  build is reported apart, not timed as steps).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config.loader import teacher_model_key, trained_model_key
@@ -61,10 +66,26 @@ MeasureFn = Callable[["BenchContext", TrainTask, TrainingConfig], dict[str, Any]
 class BenchContext(StageContext):
     """A ``StageContext`` whose ``fit`` measures the task instead of training it (see the module docstring)."""
 
-    def __init__(self, state: RunState, index: int, measure: MeasureFn):
+    def __init__(self, state: RunState, index: int, measure: MeasureFn, rows: int | None = None):
         super().__init__(state, index)
         self.run_id = "bench"
         self._measure = measure
+        self._rows = rows  # the training rows the bench's steps reach
+        self.cache: dict[str, Any] | None = None
+
+    def cache_root(self) -> Path:
+        return self.state.run_dir / "cache"
+
+    def cached_teacher(self, teacher, config, *, data, nodes=(), cfg=None, label=""):
+        """The run's cache, over the rows the bench reaches only (see the module docstring)."""
+        if self._rows is not None and self._rows < len(data):
+            data = data.subset(torch.arange(self._rows))
+        cache = super().cached_teacher(teacher, config, data=data, nodes=nodes, cfg=cfg, label=label)
+        if cache is not None:
+            record = cache.meta["record"]
+            self.cache = {"views": record["views"], "images": record["data"]["count"],
+                          "build_seconds": cache.meta.get("built_seconds"), "store": record["store"]}
+        return cache
 
     def build_model(self, key: str, init: str | None = None) -> nn.Module:
         """A fresh ``models[key]``; ``init`` is ignored (no earlier stage has trained anything)."""

@@ -62,7 +62,8 @@ def run_steps(ctx, task: TrainTask, cfg: TrainingConfig, steps: int, runtime: Ru
     one_epoch = cfg.model_copy(update={"epochs": 1, "eval_every": 1})
     metrics: dict[str, float] = {}
     checkpoint = scratch / f"bench-{next(_counter)}.pt"  # fresh: the loop resumes from an existing one
-    fit(dataclasses.replace(task, data=task.data.subset(rows)), one_epoch, stage=f"bench/{ctx.stage.name}",
+    views = task.views.subset(rows) if task.views is not None else None  # each row keeps its recorded views
+    fit(dataclasses.replace(task, data=task.data.subset(rows), views=views), one_epoch, stage=f"bench/{ctx.stage.name}",
         seed=ctx.seed, info=ctx.info, eval_sets={}, augment=ctx.augment_config(cfg),
         runtime=runtime, checkpoint_path=checkpoint, report=lambda epoch, m: metrics.update(m))
     checkpoint.unlink(missing_ok=True)

@@ -70,6 +70,12 @@ def render(report: dict) -> str:
                  + ", ".join(f"{s['stage']} {s['instrumented_step_ms']['mean']:.2f} ms, "
                              f"loop overhead {100 * s['overhead']['loop_fraction']:.1f}%"
                              for s in report["stages"]) + ")")
+    for s in report["stages"]:
+        cache = s.get("teacher_cache")
+        if cache:
+            lines.append(f"{s['stage']}: the teacher's outputs read from a teacher cache ({cache['views']} views of "
+                         f"the {cache['images']:,} images the steps reach, built in {cache['build_seconds']:.1f} s "
+                         "before timing): no teacher forward in the step")
     kinds = {s["peak_memory_kind"] for s in report["stages"]}
     if "process_peak_rss" in kinds:
         lines.append("peak MB on a CPU: the process's peak resident memory (data included), not the stage's")

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
 from ..params import Params
 from .search import SearchConfig
@@ -182,6 +182,45 @@ class AugmentConfig(Params):
     crop_padding: int = Field(default=0, ge=0, description="random crop after zero padding")
     flip: bool = Field(default=False, description="random horizontal flip")
     randaugment: RandAugmentConfig | None = Field(default=None, description="strong augmentation (noise)")
+
+
+class TeacherCacheConfig(Params):
+    """A frozen teacher's outputs computed once per recorded augmented view, on disk, shared (docs/teacher_cache.md).
+
+    Each training image gets ``views`` recorded augmentations (its crop offsets,
+    flip, RandAugment ops); the teacher runs once per view, ahead of training,
+    and each epoch the student sees one of them, rebuilt exactly, with the
+    stored output. No augmentation: one view. The cache lives in
+    ``tracking.cache_dir``, keyed by the teacher's weights, the data, the
+    augmentation and these settings, and is reused by every stage, run and
+    sweep trial with the same key.
+    """
+
+    views: int = Field(default=8, ge=1, le=4096, description="recorded augmented views per training image "
+                       "(each epoch shows one of them; 1 without augmentation)")
+    store: Literal["float16", "float32"] = Field(
+        default="float16", description="how outputs are stored: float16 (half the disk; exact for bf16 "
+        "teachers, within float16 rounding for fp32 ones) or float32 (the teacher's fp32 outputs exactly)")
+    top_k: int | None = Field(default=None, ge=1, description="keep only the k largest logits of each view "
+                              "(the others are stored as their mean): for many classes; approximate. "
+                              "Default: all logits (exact)")
+    max_gb: float = Field(default=8.0, gt=0, description="the largest cache to build; a larger one is not "
+                          "built and the teacher runs live (logged)")
+    seed: int = Field(default=0, ge=0, description="seeds the recorded views (not the stage's seed, so that "
+                      "stages and trials with other seeds share the cache)")
+
+
+def _cache_switch(value: Any) -> Any:
+    """``teacher_cache: true`` is the default settings, ``false`` none."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+TeacherCacheOption = Annotated[TeacherCacheConfig | None, BeforeValidator(_cache_switch)]
+"""A stage's ``teacher_cache:`` field: settings, ``true`` (defaults) or ``false``/absent (off)."""
 
 
 class UnlabeledSpec(ComponentSpec):

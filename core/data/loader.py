@@ -21,6 +21,7 @@ from .augment import BatchAugment
 from .sharding import shard
 from .splits import UnlabeledImages, UnlabeledSet, derive_seed
 from .types import ImageSet
+from .views import RecordedViews
 
 
 class Batches:
@@ -54,13 +55,17 @@ class Batches:
     host memory and has ``workers`` DataLoader processes cut the batches
     (pinned, copied with ``non_blocking``); ``auto`` is ``device`` unless the
     set's bytes exceed ``DEVICE_SHARE`` of the CUDA device's free memory.
+
+    ``views``: recorded views (``RecordedViews``, the teacher cache) replace
+    ``augment``: each row shows the view recorded for it in that epoch.
     """
 
     def __init__(self, data: ImageSet | UnlabeledSet | UnlabeledImages, batch_size: int, *, shuffle: bool,
                  drop_last: bool = False, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", augment: BatchAugment | None = None,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
-                 placement: Literal["auto", "device", "host"] = "auto", workers: int = 2):
+                 placement: Literal["auto", "device", "host"] = "auto", workers: int = 2,
+                 views: RecordedViews | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -71,6 +76,9 @@ class Batches:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment if augment is not None and augment.active else None
+        self.views = views.to(device) if views is not None else None
+        if views is not None and len(views.offsets) != len(data):
+            raise ValueError(f"{len(views.offsets)} recorded views' images for a set of {len(data)}")
         self.seed = seed
         self.labeled = isinstance(data, ImageSet)
         targets = data.labels if self.labeled else data.index
@@ -122,21 +130,23 @@ class Batches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
         gen = None
-        if self.augment is not None:
+        if self.augment is not None and self.views is None:
             gen = torch.Generator(device=self.device)
             salt = ("augment", epoch) if self.rank == 0 else ("augment", epoch, "rank", self.rank)
             gen.manual_seed(derive_seed(self.seed, *salt))
-        for x, targets in self._cut(order):
-            if self.augment is not None:
+        for x, targets, rows in self._cut(order):
+            if self.views is not None:
+                x = self.views.apply(x, rows, epoch)
+            elif self.augment is not None:
                 x = self.augment(x, gen)
             yield self.normalise(x), targets
 
-    def _cut(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's uint8 batches and their targets, on ``device``."""
+    def _cut(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's uint8 batches, their targets (on ``device``) and their rows."""
         if self.resident:
             for i in range(len(self)):
                 rows = self.batch_rows(order, i)
-                yield self.images[rows], self.targets[rows]
+                yield self.images[rows], self.targets[rows], rows
             return
         steps = [self.batch_rows(order, i) for i in range(len(self))]
         if self._loader is None:
@@ -146,8 +156,8 @@ class Batches:
                 persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None,
             )
         self._sampler.steps = steps
-        for x, targets in self._loader:
-            yield x.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        for rows, (x, targets) in zip(steps, self._loader, strict=True):
+            yield x.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True), rows
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch 0; use ``epoch(e)`` in a training loop."""

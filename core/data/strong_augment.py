@@ -263,14 +263,7 @@ GEOMETRIC_RANGE = {"rotate": 30.0, "shear_x": 0.3, "shear_y": 0.3, "translate_x"
                    "translate_y": 150 / 331}
 
 
-def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, generator: torch.Generator | None = None,
-                 ops: Sequence[str] = OPS) -> torch.Tensor:
-    """RandAugment with its own draw for every sample: ``num_ops`` ops from ``ops`` at ``magnitude``.
-
-    Each sample draws its ops uniformly with replacement and one random sign
-    per op; the ops apply in draw order. Within a slot, each op runs once on
-    the rows that drew it (geometric ops together, as one affine resample).
-    """
+def check_rand_augment(num_ops: int, magnitude: float, ops: Sequence[str]) -> None:
     unknown = set(ops) - set(OPS)
     if unknown:
         raise ValueError(f"unknown ops {sorted(unknown)}; known: {', '.join(OPS)}")
@@ -278,15 +271,29 @@ def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, generator: tor
         raise ValueError(f"magnitude must be in [0, {MAX_MAGNITUDE}], got {magnitude}")
     if num_ops < 0:
         raise ValueError(f"num_ops must be >= 0, got {num_ops}")
-    b = x.shape[0]
+
+
+def draw_rand_augment(n: int, num_ops: int, ops: Sequence[str] = OPS, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``rand_augment``'s draw for ``n`` samples: each sample's op indices into ``ops`` and signs (+-1),
+    both ``[n, num_ops]`` (slot ``k`` is applied ``k``-th)."""
+    device = torch.device(device)
+    choice = _randint(len(ops), (num_ops, n), generator, device)
+    sign = torch.where(_rand((num_ops, n), generator, device) < 0.5, -1.0, 1.0)
+    return choice.T, sign.T
+
+
+def apply_rand_augment(x: torch.Tensor, magnitude: float, choice: torch.Tensor, sign: torch.Tensor,
+                       ops: Sequence[str] = OPS) -> torch.Tensor:
+    """RandAugment with given draws (``draw_rand_augment``): no randomness here."""
+    b, num_ops = choice.shape
     if b == 0 or num_ops == 0 or not ops:
         return x
+    choice, sign = choice.to(x.device).T, sign.to(x.device).T
     dtype = x.dtype
     out = to_unit(x)
     m = magnitude / MAX_MAGNITUDE
     ops = list(ops)
-    choice = _randint(len(ops), (num_ops, b), generator, x.device)
-    sign = torch.where(_rand((num_ops, b), generator, x.device) < 0.5, -1.0, 1.0)
     geometric = torch.tensor([op in GEOMETRIC_OPS for op in ops], device=x.device)
     scale = torch.tensor([GEOMETRIC_RANGE.get(op, 0.0) for op in ops], device=x.device)
     for slot in range(num_ops):
@@ -308,6 +315,23 @@ def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, generator: tor
             if rows.numel():
                 out[rows] = _apply_color(op, out[rows], m, s[rows])
     return from_unit(out, dtype)
+
+
+def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, generator: torch.Generator | None = None,
+                 ops: Sequence[str] = OPS) -> torch.Tensor:
+    """RandAugment with its own draw for every sample: ``num_ops`` ops from ``ops`` at ``magnitude``.
+
+    Each sample draws its ops uniformly with replacement and one random sign
+    per op; the ops apply in draw order. Within a slot, each op runs once on
+    the rows that drew it (geometric ops together, as one affine resample).
+    The same as ``apply_rand_augment`` of ``draw_rand_augment``'s draw.
+    """
+    check_rand_augment(num_ops, magnitude, ops)
+    b = x.shape[0]
+    if b == 0 or num_ops == 0 or not ops:
+        return x
+    choice, sign = draw_rand_augment(b, num_ops, ops, generator, x.device)
+    return apply_rand_augment(x, magnitude, choice, sign, ops)
 
 
 @dataclass

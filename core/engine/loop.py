@@ -26,6 +26,7 @@ from ..config.schema import AugmentConfig, TrainingConfig
 from ..data.augment import BatchAugment
 from ..data.loader import Batches
 from ..data.types import DataInfo, ImageSet
+from ..data.views import RecordedViews
 from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
@@ -57,6 +58,9 @@ class TrainTask:
     itself (``distributed.average_gradients`` between its backward and its
     optimizer step) and say so with ``averages_gradients``, or it is refused
     with several processes rather than letting the ranks drift apart.
+
+    ``views``: the training batches show recorded views (``mentor.RecordedViews``, from a teacher
+    cache) instead of fresh augmentation draws; the stage's augmentation is then the one recorded.
     """
 
     model: nn.Module
@@ -71,6 +75,7 @@ class TrainTask:
     manual: bool = False
     state: dict[str, Any] = field(default_factory=dict)
     averages_gradients: bool = False
+    views: RecordedViews | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -246,7 +251,7 @@ def fit(
         task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * world,
         mean=info.mean, std=info.std, device=device, seed=seed,
         augment=batch_augment(augment), rank=rank, world_size=world,
-        placement=runtime.data_placement, workers=runtime.loader_workers,
+        placement=runtime.data_placement, workers=runtime.loader_workers, views=task.views,
     )
     evals = {  # each rank evaluates its part of the set; evaluate() adds the parts up
         name: Batches(data if world == 1 else data.subset(distributed.split(len(data), rank, world)),
