@@ -21,7 +21,7 @@ from mentor.plugins import load_plugins
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_KEYS = {"stage", "kind", "manual", "batch_size", "images_per_step", "images_per_second", "step_ms",
               "instrumented_step_ms", "breakdown_ms", "overhead", "peak_memory_bytes", "peak_memory_kind",
-              "flops_per_step", "achieved_tflops", "mfu"}
+              "flops_per_step", "achieved_tflops", "mfu", "teacher_cache"}
 PARTS = ("data", "teacher_forward", "student_forward", "backward", "optimizer", "other")
 RANDOM = {"source": "random_images", "val_size": 0,
           "params": {"train_size": 96, "test_size": 8, "num_classes": 4, "channels": 1, "image_size": 8},
@@ -61,6 +61,7 @@ def test_bench_report_schema_and_breakdown(workdir, tiny_config, write_yaml):
     teacher, student = report["stages"]
     assert teacher["breakdown_ms"]["teacher_forward"] == 0
     assert student["breakdown_ms"]["teacher_forward"] > 0
+    assert teacher["teacher_cache"] is None and student["teacher_cache"] is None
     # nothing recorded: no MLflow store, no checkpoints
     assert not (workdir / "mlruns").exists() and not list(workdir.glob("*.db"))
 
@@ -73,6 +74,21 @@ def test_bench_chosen_stage_table_and_no_mfu_on_cpu(workdir, tiny_config, write_
     assert [s["stage"] for s in report["stages"]] == ["student"]
     assert report["stages"][0]["mfu"] is None and report["device"]["peak_tflops"] is None
     assert "student" in captured.err and "img/s" in captured.err  # the table
+
+
+def test_bench_of_a_cached_stage_reads_the_cache_built_over_the_rows_it_reaches(workdir, tiny_config, write_yaml,
+                                                                              capsys):
+    config = bench_config(tiny_config)
+    config["stages"][1]["teacher_cache"] = {"views": 2}
+    path = write_yaml(config)
+    assert main(["bench", str(path), "--stage", "student", "--steps", "2", "--warmup", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    [student] = json.loads(captured.out)["stages"]
+    assert student["teacher_cache"]["views"] == 2
+    assert student["teacher_cache"]["images"] == 2 * 32  # the rows two steps of 32 reach, not the 96 of the split
+    assert student["breakdown_ms"]["teacher_forward"] == 0  # the step reads stored outputs
+    assert "read from a teacher cache (2 views of the 64 images" in captured.err
+    assert not (workdir / "mlruns").exists()  # built in the bench's scratch folder, gone with it
 
 
 def test_bench_bad_input_exits_2(workdir, tiny_config, write_yaml, capsys):
