@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .cache_command import cmd_cache
 from .cli_common import EXIT_INTERRUPTED, EXIT_USAGE, err, load
 from .compare_command import cmd_compare
 from .inspect_commands import cmd_layers, cmd_plugins, cmd_schema
@@ -289,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse images whose size or channels differ from the model's instead of converting them")
     p.add_argument("--tracking-uri", default=None, help="the store of runs:/, models:/ and run ids")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cache", help="list the teacher caches and score tables runs share; remove them")
+    p.add_argument("--dir", default="mlruns/cache", help="the cache folder (tracking.cache_dir; default mlruns/cache)")
+    p.add_argument("--remove", nargs="+", metavar="KEY", help="remove these entries (a key's first characters)")
+    p.add_argument("--clear", action="store_true", help="remove every entry")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("ui", help="open the MLflow UI on mentor's store")
     p.add_argument("--host", default="127.0.0.1")

@@ -59,8 +59,9 @@ class DistillStage(TrainingStageConfig):
     init: StageName | None = Field(default=None, description="start the student from this stage's weights")
     losses: list[LossSpec] = Field(default_factory=_default_losses, min_length=1)
     teacher_cache: TeacherCacheOption = Field(
-        default=None, description="run the teacher once per recorded augmented view ahead of training and "
-        "read its outputs from disk (`true` or settings; see docs/teacher_cache.md); off by default")
+        default="auto", description="run the teacher once per recorded augmented view ahead of training and "
+        "read its outputs from disk: `true` or settings (docs/teacher_cache.md), `false`, or `auto` (the "
+        "default): on where it is exact, a stage without augmentation")
 
     @field_validator("losses")
     @classmethod
@@ -128,7 +129,7 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
     run_teacher = bool(teacher_nodes) or any(TEACHER_LOGITS in loss.needs for loss in losses)
     needs_labels = any(LABELS in loss.needs for loss in losses)
     cache = None
-    if stage.teacher_cache is not None and run_teacher:
+    if run_teacher:  # None: off, or the teacher must run live (the context says why)
         cache = ctx.cached_teacher(teacher, stage.teacher_cache, data=data, nodes=teacher_nodes, label=stage.teacher)
     labels_of_rows = None
     if needs_index or cache is not None:  # batches carry row numbers (CRD's memory, the cache); labels looked up

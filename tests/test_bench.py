@@ -87,7 +87,7 @@ def test_bench_of_a_cached_stage_reads_the_cache_built_over_the_rows_it_reaches(
     assert student["teacher_cache"]["views"] == 2
     assert student["teacher_cache"]["images"] == 2 * 32  # the rows two steps of 32 reach, not the 96 of the split
     assert student["breakdown_ms"]["teacher_forward"] == 0  # the step reads stored outputs
-    assert "read from a teacher cache (2 views of the 64 images" in captured.err
+    assert "read from a teacher cache (2 view(s) of the 64 images" in captured.err
     assert not (workdir / "mlruns").exists()  # built in the bench's scratch folder, gone with it
 
 

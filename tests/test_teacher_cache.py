@@ -317,3 +317,51 @@ def test_without_the_cache_each_trial_pays_every_epoch(workdir, monkeypatch):
     plugins = load_plugins()
     run_sweep(validate_document(Document("test", config), plugins.registry), plugins)
     assert sum(seen) == 2 * 2 * 256  # trials x epochs x images (8 full batches of 32)
+
+
+# --------------------------------------------------------------------------- auto: on where exact
+
+
+def test_auto_caches_a_stage_without_augmentation_and_trains_exactly_as_live(workdir, capsys):
+    plain = experiment("auto")
+    plain["data"].pop("augment")
+    assert main(["run", str(write(workdir / "auto.yaml", plain))]) == 0, capsys.readouterr().err
+    assert "teacher cache: building" in capsys.readouterr().err
+    plain["stages"][1]["teacher_cache"] = False
+    assert main(["run", str(write(workdir / "live.yaml", plain))]) == 0, capsys.readouterr().err
+    assert "teacher cache" not in capsys.readouterr().err
+    cached, live = student_runs(workdir)
+    assert cached.data.tags["mentor.teacher_cache.views"] == "1" and "mentor.teacher_cache" not in live.data.tags
+    [meta] = (workdir / "mlruns" / "cache" / "teacher").glob("*/meta.json")
+    assert '"store": "float32"' in meta.read_text()
+    # one float32 view is the live teacher bit for bit: the same student, metric for metric
+    c = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    for metric in ("train/loss", "train/loss/kd", "val/accuracy", "val/loss"):
+        assert [m.value for m in c.get_metric_history(cached.info.run_id, metric)] == \
+            [m.value for m in c.get_metric_history(live.info.run_id, metric)], metric
+
+
+def test_auto_leaves_an_augmented_stage_live(workdir, capsys):
+    assert main(["run", str(write(workdir / "exp.yaml", experiment("auto")))]) == 0, capsys.readouterr().err
+    [run] = student_runs(workdir)
+    assert "mentor.teacher_cache" not in run.data.tags
+    assert not (workdir / "mlruns" / "cache" / "teacher").exists()
+
+
+def test_mentor_cache_lists_and_removes_entries(workdir, capsys):
+    data = synthetic_images(64, 0)
+    root = workdir / "mlruns" / "cache" / "teacher"
+    first, second = _open(_teacher(0), data.images, root), _open(_teacher(1), data.images, root)
+    capsys.readouterr()
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert first.key[:12] in out and second.key[:12] in out and "test/student" in out
+    assert "3 view(s) x 64 images, 4 logits, float32" in out and "2 entries" in out
+    assert main(["cache", "--remove", first.key[:8]]) == 0
+    assert f"removed teacher {first.key}" in capsys.readouterr().out
+    assert not first.folder.exists() and second.folder.exists()
+    assert main(["cache", "--remove", "nosuchkey"]) == 2
+    assert "matches 0 entries" in capsys.readouterr().err
+    assert main(["cache", "--clear"]) == 0
+    assert not second.folder.exists()
+    assert main(["cache"]) == 0 and "no teacher caches or score tables" in capsys.readouterr().out

@@ -73,7 +73,7 @@ def render(report: dict) -> str:
     for s in report["stages"]:
         cache = s.get("teacher_cache")
         if cache:
-            lines.append(f"{s['stage']}: the teacher's outputs read from a teacher cache ({cache['views']} views of "
+            lines.append(f"{s['stage']}: the teacher's outputs read from a teacher cache ({cache['views']} view(s) of "
                          f"the {cache['images']:,} images the steps reach, built in {cache['build_seconds']:.1f} s "
                          "before timing): no teacher forward in the step")
     kinds = {s["peak_memory_kind"] for s in report["stages"]}

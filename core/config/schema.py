@@ -14,7 +14,16 @@ import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from ..params import Params
 from .search import SearchConfig
@@ -211,16 +220,35 @@ class TeacherCacheConfig(Params):
 
 
 def _cache_switch(value: Any) -> Any:
-    """``teacher_cache: true`` is the default settings, ``false`` none."""
+    """``teacher_cache: true`` is the default settings, ``false`` none; a word other than auto is refused here,
+    so that the message says what the field takes."""
     if value is True:
         return {}
     if value is False:
         return None
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f"expected true, false, auto or settings ({', '.join(TeacherCacheConfig.model_fields)}), "
+                         f"got {value!r}")
     return value
 
 
-TeacherCacheOption = Annotated[TeacherCacheConfig | None, BeforeValidator(_cache_switch)]
-"""A stage's ``teacher_cache:`` field: settings, ``true`` (defaults) or ``false``/absent (off)."""
+def _cache_kind(value: Any) -> str:
+    return "[auto]" if isinstance(value, str) else "[settings]"
+
+
+TeacherCacheOption = Annotated[
+    Annotated[Annotated[TeacherCacheConfig, Tag("[settings]")] | Annotated[Literal["auto"], Tag("[auto]")],
+              Discriminator(_cache_kind)] | None,
+    BeforeValidator(_cache_switch)]
+"""A stage's ``teacher_cache:`` field: settings, ``true`` (the default settings), ``false`` (off), or ``auto``:
+on where it is exact and costs no augmentation (the stage has none: one view, stored in float32, is the live
+teacher's output bit for bit), off otherwise."""
+
+
+def exact_cache() -> TeacherCacheConfig:
+    """What ``teacher_cache: auto`` uses on a stage without augmentation: one view, float32, at most 1 GB
+    (a larger cache is only built when asked for)."""
+    return TeacherCacheConfig(views=1, store="float32", max_gb=1.0)
 
 
 class UnlabeledSpec(ComponentSpec):

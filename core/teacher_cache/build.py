@@ -42,6 +42,10 @@ class TeacherCacheError(RuntimeError):
     """A cache that cannot be built (too little disk, outputs beyond float16): the run stops, exit 2."""
 
 
+def _views(n: int) -> str:
+    return "1 view" if n == 1 else f"{n} views"
+
+
 def _say(message: str) -> None:
     if distributed.is_main():
         print(f"teacher cache: {message}", file=sys.stderr)
@@ -68,7 +72,7 @@ def open_cache(teacher: nn.Module, images: torch.Tensor, *, config: TeacherCache
     total = sum(a.nbytes for a in arrays.values())
     if total > config.max_gb * 1e9:
         biggest = max(arrays.items(), key=lambda item: item[1].nbytes)
-        return (f"{views} views of {len(images):,} images would take {human_bytes(total)} (the largest part, "
+        return (f"{_views(views)} of {len(images):,} images would take {human_bytes(total)} (the largest part, "
                 f"{biggest[0]}, {human_bytes(biggest[1].nbytes)}), more than teacher_cache.max_gb "
                 f"({config.max_gb:g} GB): raise max_gb, lower views, or set top_k")
     key = cache_key(record)
@@ -113,9 +117,9 @@ def _find_or_build(folder, record, arrays, teacher, images, augment, nodes, orig
         meta = _read_meta(folder)
         problems = [p for a in arrays.values() if (p := a.size_problem(folder))]
         if meta is not None and meta.get("complete") and not problems and (folder / "views.pt").is_file():
-            _say(f"reusing {folder} ({record['views']} views of {len(images):,} images, teacher "
+            _say(f"reusing {folder} ({_views(record['views'])} of {len(images):,} images, teacher "
                  f"{record['teacher_sha256'][:12]}): the teacher does not run")
-            return {**meta, "reused": True, "built_seconds": 0.0}
+            return {**meta, "reused": True}
         n_chunks = -(-len(images) // CHUNK_ROWS)
         done_dir = folder / "done"
         if meta is not None and meta.get("record") == record and not problems:
@@ -128,7 +132,7 @@ def _find_or_build(folder, record, arrays, teacher, images, augment, nodes, orig
                 why = "a build of it was interrupted before its files were allocated"
             else:
                 why = why_not_reused(folder.parent, record, origin)
-            _say(f"building {folder} ({record['views']} views of {len(images):,} images, "
+            _say(f"building {folder} ({_views(record['views'])} of {len(images):,} images, "
                  f"{human_bytes(sum(a.nbytes for a in arrays.values()))}): {why}")
             shutil.rmtree(done_dir, ignore_errors=True)
             _allocate(folder, arrays)

@@ -15,6 +15,7 @@ a kill and counts the moments a kill can land on:
 - ``stage``: just after a stage or phase wrote its result (between stages)
 - ``mlflow``: just after a call that logs to MLflow (metrics queued, not yet flushed)
 - ``model``: while logging an MLflow model (its files saved, not uploaded)
+- ``cache``: while building a teacher cache (a chunk of a view written and flushed, not yet marked done)
 - ``time``: after a random number of seconds
 
 Then each trial kills ``mentor run`` at its point (the n-th such moment), runs ``mentor run --resume``
@@ -48,8 +49,8 @@ import yaml
 HERE = Path(__file__).resolve()
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 #: Metrics that time the machine: their steps must match, their values cannot.
-TIMINGS = {"throughput"}
-POINTS = ("step", "checkpoint", "epoch", "stage", "mlflow", "model", "time")
+TIMINGS = {"throughput", "teacher_cache.build_seconds"}
+POINTS = ("step", "checkpoint", "epoch", "stage", "mlflow", "model", "cache", "time")
 
 # -- the shapes -----------------------------------------------------------------------------------
 
@@ -84,6 +85,13 @@ SHAPES = {
         "selection": {"name": "top_k_per_class", "params": {"k": 100}}, "epochs": 2, "batch_size": 64,
         "optimizer": SGD, "finetune": {"epochs": 2, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.01}}}],
         data=SSL_DATA),
+    "distill_cached": _shape("distill_cached", [TEACHER, {
+        "name": "student", "kind": "distill", "teacher": "teacher", "student": "student", "train_subset": 1000,
+        "epochs": 3, "batch_size": 64, "optimizer": SGD, "teacher_cache": {"views": 6},
+        "losses": [{"name": "cross_entropy", "weight": 0.5}, {"name": "kd", "weight": 0.5},
+                   {"name": "hint", "weight": 10,
+                    "params": {"student_node": "features.block2", "teacher_node": "features.block2"}}]}],
+        models={"net": NET, "student": {"name": "small_cnn", "params": {"channels": [4, 16], "pool_size": 7}}}),
     "pool": _shape("pool", [SSL_TEACHER, {
         "name": "pseudo", "kind": "pseudo_label", "teacher": "teacher", "student": "net", "score_chunk_size": 500,
         "selection": {"name": "top_k_per_class", "params": {"k": 80}}, "epochs": 2, "batch_size": 64,
@@ -147,6 +155,9 @@ def child(point: str, nth: int, argv: list[str]) -> int:
     write_atomic = checkpoint.write_atomic
 
     def armed_write(path, write):
+        if Path(path).parent.name == "done" and Path(path).parent.parent.parent.name == "teacher":
+            moment("cache")  # a teacher cache's chunk is written and flushed; its marker not yet
+            return write_atomic(path, write)
         if Path(path).name != "checkpoint.pt":
             return write_atomic(path, write)
 

@@ -7,7 +7,9 @@ On one H100/H200 it runs, one after the other (nothing else should use the
 machine): the KD step in mentor's fast path at batch 64 and 256 (images/s,
 step ms, MFU, breakdown and loop overhead), the same step in the plain
 PyTorch loop (fp32, then bf16 + channels_last), the fast path compiled, the
-KD step with host data placement against device placement, the MPL step of
+KD step with host data placement against device placement, the KD step reading
+its teacher's outputs from a teacher cache (4 views) against running the
+teacher, the MPL step of
 the CIFAR-10 recipe, and a Fashion-MNIST teacher's time to 94% test accuracy
 (Fashion-MNIST must be on the machine: its .gz files under
 $MENTOR_FASHION_MNIST_DIR, or Debian's dataset-fashion-mnist). These are the
@@ -39,6 +41,7 @@ KD = str(ROOT / "experiments/benchmarks/kd_resnet32x4_resnet8x4.yaml")
 MPL = str(ROOT / "experiments/cifar10/mpl_4000_labels.yaml")
 FASHION = str(ROOT / "experiments/benchmarks/fashion_teacher_94.yaml")
 STEPS = ["--steps", "50", "--warmup", "10"]
+CACHED = "stages[2].teacher_cache={views: 4}"  # kd_b256 reads its teacher's outputs from a cache of 4 views
 
 # the dry run: small CNNs on 8x8 random images, two timed steps, the CPU
 TINY_MODELS = ["--set", "models.teacher={name: small_cnn, params: {channels: [8]}}",
@@ -97,6 +100,11 @@ def steps() -> list[Step]:
              mentor("bench", KD, "--stage", "kd_b256", *TINY_STEPS, *TINY_KD, "--set",
                     "engine.data_placement=host", "--out", "kd_host.json"),
              out="kd_host.json"),
+        Step("kd_cached", mentor("bench", KD, "--stage", "kd_b256", *STEPS, "--set", CACHED, "--out",
+                                 "kd_cached.json"),
+             mentor("bench", KD, "--stage", "kd_b256", *TINY_STEPS, *TINY_KD, "--set", CACHED, "--out",
+                    "kd_cached.json"),
+             out="kd_cached.json"),
         Step("mpl", mentor("bench", MPL, "--steps", "20", "--warmup", "5", "--out", "mpl.json",
                            "--set", "data.source=random_images", "--set", "data.params={num_classes: 10}",
                            "--set", "stages[0].student_wait_steps=0"),
@@ -184,6 +192,10 @@ def table(records: dict[str, dict]) -> list[tuple[str, str]]:
     rows.append(("KD step, batch 256, host data placement (images/s; vs device)",
                  f"{_fmt(host and host['images_per_second'])}; x"
                  f"{_fmt(host['images_per_second'] / kd256['images_per_second'], 2) if host and kd256 else 'n/a'}"))
+    cached = _stage(records.get("kd_cached"), "kd_b256")
+    rows.append(("KD step, batch 256, teacher cache of 4 views (images/s; vs live)",
+                 f"{_fmt(cached and cached['images_per_second'])}; x"
+                 f"{_fmt(cached['images_per_second'] / kd256['images_per_second'], 2) if cached and kd256 else 'n/a'}"))
     mpl = (records.get("mpl") or {}).get("result")
     mpl_stage = (mpl or {}).get("stages", [None])[0] if mpl else None
     mpl_ms = mpl_stage["step_ms"]["median"] if mpl_stage else None
