@@ -12,7 +12,6 @@ before any work, with the size needed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -20,6 +19,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (one builder at a time is then the user's to ensure)
+    fcntl = None
 
 import torch
 from torch import nn
@@ -92,6 +96,9 @@ def open_cache(teacher: nn.Module, images: torch.Tensor, *, config: TeacherCache
 def _locked(folder: Path) -> Iterator[None]:
     """Hold the folder's lock: one builder at a time; another process waits, then finds the cache built."""
     folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -9,12 +9,16 @@ needs it. An entry whose build holds its lock is never removed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (one builder at a time is then the user's to ensure)
+    fcntl = None
 
 
 @dataclass
@@ -62,7 +66,7 @@ def entries(root: Path) -> list[Entry]:
 def busy(folder: Path) -> bool:
     """Whether a process is building this entry now (it holds the folder's lock)."""
     lock = folder / ".lock"
-    if not lock.is_file():
+    if fcntl is None or not lock.is_file():
         return False
     fd = os.open(lock, os.O_RDWR)
     try:
