@@ -22,17 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config.errors import ConfigError, located_error
-from .config.schema import LossSpec, SelectionSpec, TrainingConfig
+from .config.schema import LossSpec, SelectionSpec, TrainingConfig, exact_cache
 from .context_recording import Recording
 from .data.loader import Batches
 from .data.splits import Splits, StageData, balanced_subset
 from .data.types import DataInfo, ImageSet
 from .engine import checkpoint, distributed
-from .engine.loop import FitResult, TrainTask, evaluate, fit, predict
+from .engine.loop import FitResult, TrainTask, batch_augment, evaluate, fit, predict
 from .engine.runtime import Runtime
+from .features import probe
 from .losses import Loss
 from .summary import canonical, summary_name
 from .tables import check_selection
+from .teacher_cache import TeacherCache, open_cache
 from .weights import untrained_layers
 
 SUMMARY_KEYS = ("val/accuracy", "test/accuracy", "val/loss", "test/loss")
@@ -301,7 +303,7 @@ class StageContext(Recording):
         return Path(self.experiment.tracking.cache_dir)
 
     def cached_teacher(self, teacher: nn.Module, config, *, data: ImageSet, nodes: list[str] | tuple = (),
-                       cfg: TrainingConfig | None = None, label: str = ""):
+                       cfg: TrainingConfig | None = None, label: str = "") -> TeacherCache | None:
         """The teacher's outputs over recorded augmented views of ``data`` (a ``mentor.TeacherCache``), or None.
 
         ``config`` is a stage's ``teacher_cache:``: a ``TeacherCacheConfig``;
@@ -320,11 +322,6 @@ class StageContext(Recording):
         step ``cache.outputs(rows, epoch)`` for the teacher's logits and features
         of exactly the views the batch shows.
         """
-        from .config.schema import exact_cache
-        from .engine.loop import batch_augment
-        from .features import probe
-        from .teacher_cache import open_cache
-
         cfg = cfg or self.stage
         augment_cfg = self.augment_config(cfg)
         augment = batch_augment(augment_cfg)
@@ -358,7 +355,7 @@ class StageContext(Recording):
         self._record_cache(cache)
         return cache
 
-    def _record_cache(self, cache) -> None:
+    def _record_cache(self, cache: TeacherCache) -> None:
         """The cache's identity on the stage's run. What the stage found when it first began is kept in its
         folder (``teacher_cache.json``), so that a resumed stage records the same (not "reused", its own build)."""
         first = self.dir / "teacher_cache.json"

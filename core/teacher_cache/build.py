@@ -30,7 +30,9 @@ from torch import nn
 
 from ..config.schema import TeacherCacheConfig
 from ..data.augment import AugmentDraw, BatchAugment
-from ..data.views import draw_views
+from ..data.loader import Batches
+from ..data.types import ImageSet
+from ..data.views import RecordedViews, draw_views
 from ..engine import checkpoint, distributed
 from ..engine.runtime import Runtime, autocast
 from ..features import FeatureTap
@@ -180,15 +182,18 @@ def _allocate(folder: Path, arrays: dict[str, ArrayFile]) -> None:
 @torch.no_grad()
 def _run_teacher(folder, arrays, teacher, images, augment, draws, nodes, mean, std, runtime, batch_size,
                  record) -> int:
-    """The teacher over every chunk of every view not yet marked done; returns the images it ran on."""
+    """The teacher over every chunk of every view not yet marked done; returns the images it ran on.
+
+    The batches are the training loop's own (``Batches`` with recorded views: every row shows view ``v``
+    in "epoch" ``v`` when its offset is 0), so the teacher sees exactly the pixels the student will."""
     device = runtime.device
     teacher = teacher.to(device).eval()
     tap = FeatureTap(teacher, nodes, "teacher")
     maps = {role: a.map(folder, writable=True) for role, a in arrays.items()}
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
     dtype = torch.float16 if record["store"] == "float16" else torch.float32
     n, views = len(images), record["views"]
+    recorded = RecordedViews(augment, AugmentDraw(**draws), torch.zeros(n, dtype=torch.long), views)
+    rows_set = ImageSet(images, torch.arange(n))
     n_chunks = -(-n // CHUNK_ROWS)
     done_dir = folder / "done"
     forwards = 0
@@ -197,18 +202,17 @@ def _run_teacher(folder, arrays, teacher, images, augment, draws, nodes, mean, s
             marker = done_dir / f"{v:05d}-{c:05d}"
             if marker.exists():
                 continue
-            for start in range(c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS), batch_size):
-                stop = min(start + batch_size, (c + 1) * CHUNK_ROWS, n)
-                x = images[start:stop].to(device)
-                x = augment.apply(x, _rows_of(draws, v, start, stop))
-                x = x.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
+            chunk = torch.arange(c * CHUNK_ROWS, min(n, (c + 1) * CHUNK_ROWS))
+            batches = Batches(rows_set.subset(chunk), batch_size, shuffle=False, mean=mean, std=std, device=device,
+                              placement="device", views=recorded.subset(chunk))  # a chunk fits the device
+            for x, rows in batches.epoch(v):
                 if runtime.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(runtime):
                     logits, features = tap(x)
                 outputs = {"logits": logits, **{f"feature:{node}": features[node] for node in nodes}}
-                _write(maps, outputs, v, start, stop, dtype, record["top_k"])
-                forwards += stop - start
+                _write(maps, outputs, v, rows.cpu().numpy(), dtype, record["top_k"])
+                forwards += len(rows)
             for m in maps.values():
                 m.flush()
             checkpoint.write_text_atomic("", marker)
@@ -216,12 +220,7 @@ def _run_teacher(folder, arrays, teacher, images, augment, draws, nodes, mean, s
     return forwards
 
 
-def _rows_of(draws: dict[str, torch.Tensor], view: int, start: int, stop: int) -> AugmentDraw:
-    return AugmentDraw(**{name: t[view, start:stop] for name, t in draws.items()})
-
-
-def _write(maps, outputs: dict[str, torch.Tensor], v: int, start: int, stop: int, dtype: torch.dtype,
-           top_k: int | None) -> None:
+def _write(maps, outputs: dict[str, torch.Tensor], v: int, rows, dtype: torch.dtype, top_k: int | None) -> None:
     def stored(t: torch.Tensor, what: str) -> torch.Tensor:
         out = t.detach().to(dtype)
         if dtype == torch.float16 and not bool(torch.isfinite(out).all()) and bool(torch.isfinite(t).all()):
@@ -232,12 +231,12 @@ def _write(maps, outputs: dict[str, torch.Tensor], v: int, start: int, stop: int
 
     logits = outputs.pop("logits").float()
     if "logits" in maps:
-        maps["logits"][v, start:stop] = stored(logits, "logits").numpy()
+        maps["logits"][v, rows] = stored(logits, "logits").numpy()
     else:
         values, classes = logits.topk(top_k, dim=1)
         rest = (logits.sum(1) - values.sum(1)) / (logits.shape[1] - top_k)
-        maps["top_values"][v, start:stop] = stored(values, "logits").numpy()
-        maps["top_classes"][v, start:stop] = classes.cpu().numpy().astype(maps["top_classes"].dtype)
-        maps["rest_mean"][v, start:stop] = stored(rest, "logits").numpy()
+        maps["top_values"][v, rows] = stored(values, "logits").numpy()
+        maps["top_classes"][v, rows] = classes.cpu().numpy().astype(maps["top_classes"].dtype)
+        maps["rest_mean"][v, rows] = stored(rest, "logits").numpy()
     for role, t in outputs.items():
-        maps[role][v, start:stop] = stored(t.float(), role.removeprefix("feature:") + " features").numpy()
+        maps[role][v, rows] = stored(t.float(), role.removeprefix("feature:") + " features").numpy()

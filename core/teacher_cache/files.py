@@ -85,11 +85,6 @@ def layout(views: int, n: int, classes: int, store: str, top_k: int | None,
     return arrays
 
 
-def per_view_image_bytes(arrays: dict[str, ArrayFile]) -> dict[str, int]:
-    """Bytes each array takes per image and view: what makes a cache large."""
-    return {role: a.nbytes // max(a.shape[0] * a.shape[1], 1) for role, a in arrays.items()}
-
-
 def human_bytes(n: float) -> str:
     """``1234567`` -> ``1.2 MB``."""
     if n < 1000:
