@@ -21,6 +21,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from .metric_writer import MetricWriter
 from .store import get_or_create_experiment, tracking_uri
 
 MAX_PARAM_LENGTH = 6000
@@ -51,8 +52,12 @@ def fluent_tracking_uri(uri: str):
     ``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI in the environment,
     which would leak into every later run in this process.
     """
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous = mlflow.get_tracking_uri()
+    # what was set, None included: get_tracking_uri() would resolve None to a default store of the
+    # current folder and pin it for the rest of the process
+    previous = tracking_utils._tracking_uri
     mlflow.set_tracking_uri(uri)
     try:
         yield
@@ -92,6 +97,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
         self.experiment = experiment
+        self._metrics = MetricWriter(self.client)  # off the loop's path; flush() waits for nothing else
         self._logged: dict[str, set[tuple[str, int]]] = {}  # per reopened run: (metric, step) already there
 
     # -- runs ---------------------------------------------------------------------
@@ -111,6 +117,7 @@ class Tracker:
                                 for m in self.client.get_metric_history(run_id, key)}
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._metrics.flush()  # a run ends with every metric it logged in the store
         self.client.set_terminated(run_id, status=status)
 
     def find_runs(self, filter_string: str) -> list:
@@ -144,11 +151,11 @@ class Tracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if (k, step) not in logged]
         if not items:
             return
-        self.client.log_batch(run_id, metrics=items, synchronous=False)
+        self._metrics.put(run_id, items)
 
     def flush(self) -> None:
-        with fluent_tracking_uri(self.uri):  # the fluent flush would otherwise open ./mlflow.db
-            mlflow.flush_async_logging()
+        """Every metric logged so far is in the store when this returns (before a checkpoint, a run's end)."""
+        self._metrics.flush()
 
     # -- artifacts ----------------------------------------------------------------
     def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
