@@ -1,8 +1,15 @@
-"""Shared fixtures: a tiny synthetic data source and an isolated MLflow store."""
+"""Shared fixtures: a tiny synthetic data source and an isolated MLflow store.
+
+Also the suite's hygiene: every test gets back the process environment it
+started with (and fails if it leaked an MLFLOW_* variable), and the fast tier
+(`pytest -m "not slow"`) names any of its tests that took long enough to
+belong to the slow one.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -95,3 +102,67 @@ def write_yaml(tmp_path):
         return path
 
     return write
+
+
+# --- hygiene: no test changes the environment of the next ------------------------------------------
+
+_LEAKS: list[str] = []
+
+
+def _mlflow_vars(env) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("MLFLOW_")}
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored(request):
+    """Put back os.environ and MLflow's fluent tracking URI after each test; an MLFLOW_* leak fails it.
+
+    ``mlflow.set_tracking_uri`` writes MLFLOW_TRACKING_URI into the environment, so a test that
+    points MLflow somewhere and does not put it back sends every later test's runs there.
+    Autouse and function-scoped, this is set up before and torn down after the test's own
+    fixtures (monkeypatch included), so what monkeypatch undoes is not counted as a leak.
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    before = dict(os.environ)
+    uri_before = tracking_utils._tracking_uri
+    yield
+    after = dict(os.environ)
+    leaked = sorted(k for k in _mlflow_vars(before).keys() | _mlflow_vars(after).keys()
+                    if before.get(k) != after.get(k))
+    uri_leaked = tracking_utils._tracking_uri != uri_before
+    os.environ.clear()
+    os.environ.update(before)
+    tracking_utils._tracking_uri = uri_before
+    if leaked or uri_leaked:
+        what = ", ".join(f"{k}={after.get(k)!r} (was {before.get(k)!r})" for k in leaked)
+        if uri_leaked and not leaked:
+            what = "MLflow's tracking URI (mlflow.set_tracking_uri without putting it back)"
+        _LEAKS.append(f"{request.node.nodeid}: {what}")
+        pytest.fail(f"this test leaked {what} into later tests; restore it (monkeypatch.setenv, or "
+                    "mentor.tracking.tracker.fluent_tracking_uri)", pytrace=False)
+
+
+# --- tiers: `pytest -m "not slow"` is the check before a commit (the marker: pyproject.toml) ---------
+
+FAST_TIER_LIMIT_S = 10.0  # a fast-tier test slower than this is named at the end of the run
+
+
+_SLOW_UNMARKED: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.duration > FAST_TIER_LIMIT_S and "slow" not in report.keywords:
+        _SLOW_UNMARKED.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SLOW_UNMARKED:
+        terminalreporter.section("fast-tier tests that belong in the slow tier")
+        for nodeid, seconds in sorted(_SLOW_UNMARKED, key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f}s  {nodeid}  (over {FAST_TIER_LIMIT_S:.0f}s: "
+                                        "mark it @pytest.mark.slow or make it smaller)")
+    if _LEAKS:
+        terminalreporter.section("tests that leaked MLFLOW_* variables")
+        for line in _LEAKS:
+            terminalreporter.write_line(line)

@@ -177,6 +177,7 @@ def test_random_images_source_is_seeded():
     assert not torch.equal(a.train.images, c.train.images)
 
 
+@pytest.mark.slow
 def test_plain_kd_script_prints_json():
     command = [sys.executable, str(ROOT / "experiments" / "benchmarks" / "plain_kd.py"), "--batch-size", "8",
                "--steps", "2", "--warmup", "1", "--workers", "1", "--images", "32", "--classes", "10",
@@ -187,6 +188,7 @@ def test_plain_kd_script_prints_json():
     assert result["precision"] == "fp32" and result["device_type"] == "cpu"
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_reads_the_stage_run(workdir, tiny_config, plugins, capsys):
     import importlib.util
 

@@ -29,6 +29,7 @@ def stage_runs(client):
     return {r.data.tags["mentor.stage"]: r for r in runs if r.data.tags.get("mentor.kind") == "stage"}
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_stage_keeps_its_best_epoch_and_the_run_goes_on(workdir, plugins, tiny_config):
     # no change can beat min_delta 10: the first evaluation is the best, two more end the loop (epochs 1-3 of 6)
     stop = {"name": "early_stopping", "params": {"patience": 2, "min_delta": 10.0, "stages": ["teacher"]}}
@@ -52,6 +53,7 @@ def test_early_stopping_ends_the_stage_keeps_its_best_epoch_and_the_run_goes_on(
     assert params["callbacks.0.params.metric"] == "val/accuracy"
 
 
+@pytest.mark.slow
 def test_a_stopped_loop_stays_stopped_when_its_run_resumes(workdir, plugins, tiny_config):
     """Killed right after the early stop (before the stage's result was written): --resume does not train on."""
     import mentor.context
@@ -104,6 +106,7 @@ class RecorderPlugin:
         register("recorder", Recorder, params=RecorderParams, description="records stage ends")
 
 
+@pytest.mark.slow
 def test_a_third_party_callback_is_built_with_its_params_and_unregistered_after_the_run(workdir, tiny_config):
     from mentor.plugins import load_plugins
 

@@ -165,6 +165,7 @@ def test_schema_includes_every_plugin_params(plugins):
     assert '"distill"' in text and '"train"' in text
 
 
+@pytest.mark.slow
 def test_cli_validate_exit_codes_and_no_traceback(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(BAD.replace("synthetic", "fashion_mnist"))

@@ -29,6 +29,7 @@ REDUCED = {
 
 
 @pytest.mark.parametrize("shape", list(REDUCED))
+@pytest.mark.slow
 def test_killed_and_resumed_runs_end_as_if_never_killed(tmp_path, shape):
     config = crash.SHAPES[shape]
     ref = crash.reference(shape, config, tmp_path / "reference")
@@ -55,6 +56,7 @@ def test_the_comparison_sees_a_lost_metric_and_a_run_left_running():
         "experiment/x: extra run (FINISHED)"]
 
 
+@pytest.mark.slow
 def test_a_kill_point_that_never_comes_lets_the_run_finish(tmp_path):
     """The child kills only at the n-th moment: asked for one beyond the run's last, the run ends normally."""
     path = crash.prepare(tmp_path, "train", crash.SHAPES["train"])

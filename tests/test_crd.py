@@ -93,6 +93,7 @@ def distill_config(tiny_config, crd_params):
     return c
 
 
+@pytest.mark.slow
 def test_a_distill_stage_with_crd_runs_and_logs_its_term(workdir, plugins, tiny_config):
     config = distill_config(tiny_config, {"feat_dim": 8, "nce_k": 16})
     results = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)
@@ -104,6 +105,7 @@ def test_a_distill_stage_with_crd_runs_and_logs_its_term(workdir, plugins, tiny_
     assert len(history) == 2 and all(math.isfinite(h.value) and h.value > 0 for h in history)
 
 
+@pytest.mark.slow
 def test_more_negatives_than_images_is_a_located_error(workdir, plugins, tiny_config):
     config = distill_config(tiny_config, {"nce_k": 100_000})
     with pytest.raises(ConfigError) as info:

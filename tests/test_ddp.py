@@ -90,7 +90,7 @@ def test_one_process_helpers_change_nothing():
         assert device == torch.device("cpu")
 
 
-def _mpl_step_on_two_ranks(rank: int, port: int, out: str) -> None:
+def _mpl_step_on_two_ranks(rank: int, rendezvous: str, out: str) -> None:
     """One MPL step, in one process on the whole batch (rank 0), then on 2 ranks with half of it each."""
     import torch.distributed as dist
     from torch import nn
@@ -117,7 +117,7 @@ def _mpl_step_on_two_ranks(rank: int, port: int, out: str) -> None:
 
     kinds = ("soft", "sampled")
     one = {k: step(k, slice(None), slice(None)) for k in kinds} if rank == 0 else {}
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         two = {k: step(k, slice(4 * rank, 4 * rank + 4), slice(3 * rank, 3 * rank + 3)) for k in kinds}
         task = TrainTask(model=nn.Linear(4, 3), step=lambda x, y: (x.sum(), {}), data=None, manual=True)
@@ -133,17 +133,17 @@ def _mpl_step_on_two_ranks(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_mpl_step_on_two_ranks_equals_one_process_on_the_whole_batch(tmp_path):
-    """Gradients, h, its baseline and (soft labels) g averaged over ranks: the same update as one process."""
-    import socket
+    """Gradients, h, its baseline and (soft labels) g averaged over ranks: the same update as one process.
 
+    The ranks meet through a file, not a TCP port: a free port picked here could be taken by another
+    process before the ranks bind it (the torchrun tests below let torchrun pick its own).
+    """
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "mpl.pt"
-    mp.spawn(_mpl_step_on_two_ranks, args=(port, str(out)), nprocs=2, join=True)
+    mp.spawn(_mpl_step_on_two_ranks, args=(str(tmp_path / "rendezvous"), str(out)), nprocs=2, join=True)
     result = torch.load(out)
     for kind in ("soft", "sampled"):
         assert torch.allclose(result["two"][kind], result["one"][kind], rtol=0, atol=1e-12), kind
@@ -199,6 +199,7 @@ def reference(tmp_path_factory):
     return workdir, result, records(workdir, "out")
 
 
+@pytest.mark.slow
 def test_two_processes_record_once_and_end_identical(reference):
     workdir, result, (rank0, rank1) = reference
     assert result.stdout.count("rank its stages with") == 1  # rank 0 alone speaks
@@ -214,8 +215,10 @@ def test_two_processes_record_once_and_end_identical(reference):
     assert [p.name for p in checkpoints] == [parents[0].info.run_id]  # one state folder, the parent's
     import mlflow
 
-    mlflow.set_tracking_uri(c.tracking_uri)
-    models = mlflow.search_logged_models(experiment_ids=[parents[0].info.experiment_id], output_format="list")
+    from mentor.tracking.tracker import fluent_tracking_uri
+
+    with fluent_tracking_uri(c.tracking_uri):
+        models = mlflow.search_logged_models(experiment_ids=[parents[0].info.experiment_id], output_format="list")
     assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in stages.values())
 
     assert set(rank0["fits"]) == {"teacher", "student", "mpl"}
@@ -255,6 +258,7 @@ def test_evaluation_under_ddp_equals_one_process(reference):
         assert kept[f"{name}/loss"] == pytest.approx(one["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_matches_the_uninterrupted_run(reference, tmp_path):
     _, _, (ref0, _) = reference
     c = config()
@@ -278,6 +282,7 @@ def test_resume_under_torchrun_matches_the_uninterrupted_run(reference, tmp_path
     assert len(found) == 4 and all(r.info.status == "FINISHED" for r in found)
 
 
+@pytest.mark.slow
 def test_pool_scoring_under_torchrun_shards_by_chunk_and_equals_one_process(tmp_path, monkeypatch):
     """Each rank scores chunks rank, rank + 2, ... into one shared table, the same table one process writes."""
     import polars as pl

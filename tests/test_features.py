@@ -33,6 +33,7 @@ def build(name, classes=10, channels=3, **params):
         ("resnet20", "fc", (10,)),
     ],
 )
+@pytest.mark.slow
 def test_layers_lists_nodes_with_shapes(model, node, shape):
     result = subprocess.run([sys.executable, "-m", "mentor.cli", "layers", model, "--json"],
                             capture_output=True, text=True, check=True)
@@ -92,6 +93,7 @@ def test_unknown_node_is_a_located_config_error(tmp_path, tiny_config, write_yam
     assert "did you mean 'features.block1'" in problem.message
 
 
+@pytest.mark.slow
 def test_two_stage_fitnets_hands_the_hint_student_to_stage_two(workdir, plugins, tiny_config):
     hint = {"name": "hint", "params": {"student_node": "features.block1", "teacher_node": "features.block2"}}
     tiny_config["stages"][1:] = [
@@ -122,6 +124,7 @@ def test_two_stage_fitnets_hands_the_hint_student_to_stage_two(workdir, plugins,
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "experiments" / "cifar100").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_cifar100_recipes_run_at_tiny_size(recipe, workdir, plugins):
     """The published recipes' files, on 32x32x3 synthetic data for one short epoch per stage."""
     overrides = ["data.source=synthetic", "data.params={channels: 3, size: 32, train_size: 64, test_size: 16}",

@@ -143,6 +143,7 @@ def fixmatch_config(tiny_config, **stage):
 
 
 @pytest.mark.parametrize("flexmatch", [False, True])
+@pytest.mark.slow
 def test_fixmatch_stage_logs_its_metrics_and_keeps_the_ema(workdir, tiny_config, flexmatch):
     config = fixmatch_config(tiny_config, flexmatch=flexmatch)
     plugins = load_plugins(extra=[SyntheticData()])
@@ -177,6 +178,7 @@ def test_a_stage_without_unlabeled_images_is_a_located_error(workdir, tiny_confi
     assert problem.path == "data.labeled_per_class" and "needs unlabeled images" in problem.message
 
 
+@pytest.mark.slow
 def test_a_bad_threshold_is_located_and_the_cli_exits_2(tmp_path, write_yaml, tiny_config, plugins):
     config = fixmatch_config(tiny_config, threshold=1.5)
     config["data"].update(source="fashion_mnist", params={})  # a source the file only names: nothing is loaded
@@ -193,6 +195,7 @@ def test_a_bad_threshold_is_located_and_the_cli_exits_2(tmp_path, write_yaml, ti
 
 
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist absent")
+@pytest.mark.slow
 def test_the_cli_exits_2_on_a_run_without_unlabeled_images(workdir, write_yaml, tiny_config):
     config = fixmatch_config(tiny_config)
     config["data"] = {"source": "fashion_mnist", "val_size": 100}  # no labeled_per_class: nothing unlabeled
@@ -218,6 +221,7 @@ def test_the_cifar10_recipes_carry_the_published_settings(plugins, labels):
     assert stage.lr_decay == "fixmatch_cosine" and stage.hard_labels and not stage.flexmatch
 
 
+@pytest.mark.slow
 def test_an_interrupted_flexmatch_stage_resumes_to_the_same_result(workdir, tiny_config):
     """The memory, optimizer, schedule and EMA are in the epoch's checkpoint: a resumed run equals a straight one."""
     from .test_mpl import StopAfter

@@ -17,6 +17,7 @@ FIGURES = [
 ]
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_step_and_fills_every_figure(tmp_path):
     out = tmp_path / "suite.json"
     result = subprocess.run([sys.executable, str(SUITE), "--dry-run", "--out", str(out), "--workdir",

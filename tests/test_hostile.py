@@ -114,6 +114,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.slow
 def test_hostile_file_is_refused_with_a_located_message(tmp_path, capsys, case):
     name, text, overrides, where, message = case
     code, err = validate(tmp_path, text, *overrides, guarded=name in GUARDED, capsys=capsys)

@@ -47,6 +47,7 @@ def accuracy_of_saved_weights(result, exp, plugins, split):
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
+@pytest.mark.slow
 def test_the_kept_weights_are_the_ones_the_kept_metrics_measured(workdir, plugins, tiny_config, keep):
     exp = experiment(noisy_teacher(tiny_config, keep), plugins)
     result = run_experiment(exp, plugins)["teacher"]
@@ -63,6 +64,7 @@ def test_the_kept_weights_are_the_ones_the_kept_metrics_measured(workdir, plugin
                                                                                     abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_diverging_stage_fails_without_saving_the_bad_epoch(workdir, write_yaml):
     config = {**TINY, "data": {"source": "fashion_mnist", "val_size": 100, "test_size": 100},
               "models": {"m": {"name": "small_cnn", "params": {"channels": [4]}}},

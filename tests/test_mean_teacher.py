@@ -120,6 +120,7 @@ def mean_teacher_config(tiny_config, **stage):
 
 
 @pytest.mark.parametrize("keep_model", ["teacher", "student"])
+@pytest.mark.slow
 def test_mean_teacher_stage_logs_its_terms_and_keeps_the_teacher(workdir, tiny_config, keep_model):
     config = mean_teacher_config(tiny_config, keep_model=keep_model)
     plugins = load_plugins(extra=[SyntheticData()])
@@ -150,6 +151,7 @@ def test_a_stage_without_unlabeled_images_is_a_located_error(workdir, tiny_confi
     assert problem.path == "data.labeled_per_class" and "needs unlabeled images" in problem.message
 
 
+@pytest.mark.slow
 def test_a_bad_range_is_located_and_the_cli_exits_2(write_yaml, tiny_config):
     config = mean_teacher_config(tiny_config, consistency_weight=-1)
     config["data"]["source"] = "fashion_mnist"
@@ -171,6 +173,7 @@ def test_the_cifar10_recipe_validates_with_its_settings(plugins):
     assert stage.epochs * stage.steps_per_epoch == 150_000 and stage.rampup_epochs * stage.steps_per_epoch == 40_000
 
 
+@pytest.mark.slow
 def test_an_interrupted_stage_resumes_to_the_same_result(workdir, tiny_config):
     from .test_mpl import StopAfter
 

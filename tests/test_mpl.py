@@ -299,6 +299,7 @@ class StopAfter:
                 raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_mpl_stage_logs_its_quantities_and_resumes_to_the_same_result(workdir, tiny_config):
     config = mpl_config(tiny_config)
     plugins = load_plugins(extra=[SyntheticData()])
@@ -332,6 +333,7 @@ def test_an_empty_unlabeled_split_is_a_clear_error():
         run_mpl(options(name="mpl"), ctx)
 
 
+@pytest.mark.slow
 def test_recipes_validate_and_the_cifar10_recipe_runs_at_tiny_size(workdir, plugins):
     fashion = load_experiment(EXPERIMENTS / "fashion_mpl.yaml", [], plugins.registry)
     assert [s.kind for s in fashion.stages] == ["train", "pseudo_label", "mpl"]

@@ -20,6 +20,7 @@ from mentor.engine.checkpoint import CheckpointError
 from mentor.pipeline import ExperimentRunner, NothingToResume, run_experiment
 from mentor.plugins import load_plugins
 from mentor.tracking.compare import leaderboard
+from mentor.tracking.tracker import fluent_tracking_uri
 
 from .conftest import SyntheticData
 
@@ -42,6 +43,7 @@ def runs_by_stage(c: MlflowClient, name: str):
     return parents, stages
 
 
+@pytest.mark.slow
 def test_tiny_run_lands_in_mlflow(workdir, plugins, tiny_config):
     results = run_experiment(experiment(tiny_config, plugins), plugins)
     c = client(workdir)
@@ -74,11 +76,11 @@ def test_tiny_run_lands_in_mlflow(workdir, plugins, tiny_config):
     assert [a.path for a in c.list_artifacts(student.info.run_id, "checkpoints")] == ["checkpoints/final.pt"]
 
     # the final student as an MLflow model that predicts like the saved weights
-    mlflow.set_tracking_uri(c.tracking_uri)
-    models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
-    logged = {m.source_run_id: m for m in models}
-    assert set(logged) == {student.info.run_id, stages["teacher"].info.run_id}
-    loaded = mlflow.pytorch.load_model(f"models:/{logged[student.info.run_id].model_id}").eval()
+    with fluent_tracking_uri(c.tracking_uri):
+        models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
+        logged = {m.source_run_id: m for m in models}
+        assert set(logged) == {student.info.run_id, stages["teacher"].info.run_id}
+        loaded = mlflow.pytorch.load_model(f"models:/{logged[student.info.run_id].model_id}").eval()
     x = torch.randn(3, 1, 8, 8)
     plugins_model = load_plugins(extra=[SyntheticData()]).registry.get("model", "small_cnn")
     fresh = plugins_model.factory(4, 1, channels=[4], hidden=0, dropout=0.0, pool_size=1).eval()
@@ -101,6 +103,7 @@ class StopAt:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_runs_can_be_told_apart_in_the_mlflow_ui(workdir, tiny_config, write_yaml):
     """Run names carry the seed and the --set overrides (or a short config hash); the file's description
     is the run's note; user, source and commit are recorded as MLflow's clients record them."""
@@ -124,6 +127,7 @@ def test_runs_can_be_told_apart_in_the_mlflow_ui(workdir, tiny_config, write_yam
     assert plain.run_name() == f"tiny · seed 0 · {plain.hash[:7]}"
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_an_uninterrupted_run(workdir, tiny_config, monkeypatch):
     plugins = load_plugins(extra=[SyntheticData()])
     tiny_config["stages"][1]["augment"] = {"crop_padding": 1, "flip": True}
@@ -160,6 +164,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(workdir, tiny_co
         run_experiment(experiment(tiny_config, plugins), plugins, resume=True)
 
 
+@pytest.mark.slow
 def test_resume_by_id_is_explicit(workdir, tiny_config):
     """--resume RUN_ID continues only that experiment's unfinished run of this configuration: an unknown
     id, a stage's run, a changed config and a finished run are each refused with a message that says why
@@ -208,6 +213,7 @@ def test_unwritable_checkpoint_dir_is_a_located_error_before_any_run(workdir, ti
     assert [r.info.status for r in runs] == []  # no run opened, none left RUNNING
 
 
+@pytest.mark.slow
 def test_a_second_interrupt_while_runs_end_still_ends_them(workdir, tiny_config, monkeypatch):
     """Ctrl-C, then Ctrl-C again while mentor is closing its MLflow runs: both still end KILLED."""
     from mentor.tracking.tracker import Tracker
@@ -228,6 +234,7 @@ def test_a_second_interrupt_while_runs_end_still_ends_them(workdir, tiny_config,
     assert stages["student"].info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_a_located_error(workdir, tiny_config):
     plugins = load_plugins(extra=[SyntheticData(), StopAt("student", 0)])
     with pytest.raises(KeyboardInterrupt):
@@ -244,6 +251,7 @@ def mentor(*args, cwd, env=None):
                           text=True, env={**os.environ, **(env or {})}, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_missing_dataset_fails_cleanly_without_a_run(workdir, write_yaml):
     path = write_yaml({
         "name": "nodata", "data": {"source": "fashion_mnist", "params": {"root": str(workdir / "none")}},
@@ -257,6 +265,7 @@ def test_missing_dataset_fails_cleanly_without_a_run(workdir, write_yaml):
 
 
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist absent")
+@pytest.mark.slow
 def test_cli_run_then_compare_on_fashion_mnist(workdir, write_yaml):
     path = write_yaml({
         "name": "fm-cli", "data": {"source": "fashion_mnist", "val_size": 200, "test_size": 500},
@@ -280,6 +289,7 @@ def test_cli_run_then_compare_on_fashion_mnist(workdir, write_yaml):
     assert missing.returncode != 0 and "did you mean 'fm-cli'" in missing.stderr
 
 
+@pytest.mark.slow
 def test_eval_every_evaluates_on_schedule_and_selects_among_evaluated_epochs(workdir, plugins, tiny_config):
     tiny_config["stages"][1]["epochs"] = 5
     tiny_config["stages"][1]["eval_every"] = 2
@@ -295,6 +305,7 @@ def test_eval_every_evaluates_on_schedule_and_selects_among_evaluated_epochs(wor
     assert results["student"].metrics["best.epoch"] in (2, 4, 5)
 
 
+@pytest.mark.slow
 def test_a_run_with_data_on_the_host_equals_the_resident_run(workdir, plugins, tiny_config):
     """engine.data_placement: host (DataLoader workers) changes where batches are cut, not what they are."""
     resident = run_experiment(experiment(tiny_config, plugins), plugins)

@@ -67,6 +67,7 @@ def test_the_example_imports_nothing_of_mentor_but_its_public_package():
                 assert name == "mentor" or (top != "mentor" and allowed), f"{path.name} imports {name}"
 
 
+@pytest.mark.slow
 def test_mentor_plugins_lists_every_kind_from_the_package_with_its_required_params(site, tmp_path):
     result = mentor_cli(site, "plugins", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -84,6 +85,7 @@ def test_mentor_plugins_lists_every_kind_from_the_package_with_its_required_para
     assert "max_entropy (required)" in table
 
 
+@pytest.mark.slow
 def test_a_model_factory_that_asks_for_the_image_size_gets_it(site, tmp_path):
     result = mentor_cli(site, "layers", "example_mlp", "--input", "2x6x5", "--params", '{"hidden": 7}', "--json",
                         cwd=tmp_path)
@@ -165,6 +167,7 @@ EXPERIMENT = {
 }
 
 
+@pytest.mark.slow
 def test_a_full_experiment_runs_on_the_package_alone(site, tmp_path):
     _write_npz(tmp_path / "data.npz")
     _write_pool(tmp_path / "pool", 60)
@@ -199,6 +202,7 @@ def test_a_full_experiment_runs_on_the_package_alone(site, tmp_path):
     assert float(last["value"]) == pytest.approx(teacher["val/accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_missing_npz_is_a_located_error_with_exit_2(site, tmp_path):
     (tmp_path / "pool").mkdir()
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(EXPERIMENT, sort_keys=False))

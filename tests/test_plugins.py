@@ -83,6 +83,7 @@ def site(tmp_path, monkeypatch):
     importlib.invalidate_caches()
 
 
+@pytest.mark.slow
 def test_third_party_package_is_found_through_its_entry_point(site):
     _install("mentor-hello", site)
     importlib.invalidate_caches()
@@ -102,6 +103,7 @@ def test_third_party_package_is_found_through_its_entry_point(site):
     assert rows[("model", "hello_mlp")]["params"]["hidden"]["default"] == 32
 
 
+@pytest.mark.slow
 def test_third_party_name_clash_is_an_error_naming_both_packages(site):
     _install("mentor-clash", site)
     importlib.invalidate_caches()

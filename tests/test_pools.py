@@ -94,6 +94,7 @@ def _pool_experiment(tiny_config, folder):
     return config
 
 
+@pytest.mark.slow
 def test_pseudo_label_on_a_pool_scores_selects_and_reuses(workdir, plugins, tiny_config, pool_folder, capfd):
     from mentor.config import validate_document
     from mentor.config.document import Document
@@ -202,6 +203,7 @@ def test_scores_table_top1_reuse_and_resume(plugins, pool_folder, tmp_path, capf
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])
+@pytest.mark.slow
 def test_cli_run_reports_a_missing_or_empty_pool_with_exit_2(workdir, tmp_path, kind):
     import subprocess
     import sys
@@ -240,6 +242,7 @@ def test_a_relative_pool_path_is_read_from_the_experiment_files_folder(plugins, 
     assert exp.data.unlabeled.params["path"] == str((elsewhere / "pool").resolve())
 
 
+@pytest.mark.slow
 def test_label_stage_table_is_reused_by_a_pseudo_label_stage_and_a_later_run(workdir, pool_folder, capfd):
     """teacher file + folder -> table (label stage); the same teacher and pool later read it, never score again;
     the student trains jointly on soft targets read from the table and on files decoded batch by batch."""
@@ -337,6 +340,7 @@ def test_a_selection_trains_from_its_files_batch_by_batch(pool_folder, workers, 
         assert len(reads) == 4  # the four file rows, once each in the epoch; the labeled rows are in memory
 
 
+@pytest.mark.slow
 def test_a_killed_label_stage_resumes_its_scoring_from_the_last_written_chunk(workdir, pool_folder, capfd,
                                                                               monkeypatch):
     import yaml

@@ -52,6 +52,7 @@ def expected(model, path) -> torch.Tensor:
         return model(x).softmax(1)[0]
 
 
+@pytest.mark.slow
 def test_onnx_model_on_a_folder(model, onnx_file, folder, tmp_path, capsys):
     out = tmp_path / "predictions.parquet"
     assert main(["predict", str(onnx_file), str(folder), "--out", str(out), "--top-k", "2"]) == 0

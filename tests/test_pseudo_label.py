@@ -31,6 +31,7 @@ def ssl_config(tiny_config, **stage):
     return config
 
 
+@pytest.mark.slow
 def test_pseudo_label_then_finetune_records_diagnostics(workdir, plugins, tiny_config):
     config = ssl_config(tiny_config, finetune={"epochs": 1, "batch_size": 16})
     results = run_experiment(validate_document(Document("t", config), plugins.registry), plugins)
@@ -70,6 +71,7 @@ def test_pseudo_label_then_finetune_records_diagnostics(workdir, plugins, tiny_c
                                                       "pl-round1/train.train"]
 
 
+@pytest.mark.slow
 def test_noisy_student_rounds_are_nested_runs(workdir, plugins, tiny_config):
     config = ssl_config(tiny_config, mode="joint", unlabeled_ratio=2, rounds=2, labels="soft",
                         selection={"name": "balanced", "params": {"per_class": 30}},
@@ -118,6 +120,7 @@ def test_hidden_labels_never_reach_a_method(workdir, tiny_config):
     assert Spy.seen == {"attributes": {"images", "index"}, "n": 480, "reveal": False}
 
 
+@pytest.mark.slow
 def test_empty_unlabeled_split_is_a_clear_error(workdir, plugins, tiny_config):
     config = ssl_config(tiny_config)
     config["data"].pop("labeled_per_class")
@@ -149,6 +152,7 @@ class StopAfter:
 
 
 @pytest.mark.parametrize("calls", [2, 3], ids=["in-pretrain", "in-finetune"])
+@pytest.mark.slow
 def test_interrupted_pseudo_label_stage_resumes_to_the_same_result(workdir, tiny_config, monkeypatch, calls):
     config = ssl_config(tiny_config, finetune={"epochs": 2, "batch_size": 16},
                         augment={"randaugment": {"num_ops": 1, "magnitude": 5}})
@@ -169,6 +173,7 @@ def test_interrupted_pseudo_label_stage_resumes_to_the_same_result(workdir, tiny
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "experiments" / "cifar10").glob("ssl_*.yaml")),
                          ids=lambda p: p.stem)
+@pytest.mark.slow
 def test_cifar10_ssl_recipes_run_at_tiny_size(recipe, workdir, plugins):
     overrides = ["data.source=synthetic", "data.params={channels: 3, size: 32, train_size: 120, test_size: 16}",
                  "data.val_size=16", "data.labeled_per_class=4", "tracking.log_model=false",

@@ -1,5 +1,6 @@
 """What a stage run records: the parameters that apply, its model's size and architecture, its config, its data."""
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -28,6 +29,7 @@ def test_only_the_options_the_chosen_optimizer_and_schedule_read_are_kept():
     assert kept["other"] == {"name": "sgd", "lr": 1}
 
 
+@pytest.mark.slow
 def test_a_stage_run_records_its_model_config_and_training_rows(workdir, capsys):
     path = workdir / "record.yaml"
     path.write_text(yaml.safe_dump(CONFIG, sort_keys=False))

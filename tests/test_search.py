@@ -194,6 +194,7 @@ def test_sweep_command_errors_exit_2(workdir, tiny_config, write_yaml, capsys):
 # --------------------------------------------------------------------------- sweeps in process
 
 
+@pytest.mark.slow
 def test_sweep_records_every_trial_under_one_sweep_run_and_resumes(here, plugins, tiny_config):
     experiment = validated(small(tiny_config), plugins)
     sweep = run_sweep(experiment, plugins)
@@ -297,6 +298,7 @@ def test_sweep_records_every_trial_under_one_sweep_run_and_resumes(here, plugins
     assert values == sorted(values, reverse=True)
 
 
+@pytest.mark.slow
 def test_pruned_trials_end_killed_in_mlflow_and_pruned_in_optuna(here, plugins, tiny_config):
     # accuracy never reaches 1.01: the first report prunes
     config = small(tiny_config, trials=1, pruner={"name": "threshold", "lower": 1.01})
@@ -332,6 +334,7 @@ class InterruptOnce:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_goes_on_when_run_again(here, tiny_config):
     plugins = load_plugins(extra=[SyntheticData(), InterruptOnce()])
     config = small(tiny_config, trials=1)
@@ -355,6 +358,7 @@ def test_an_interrupted_sweep_goes_on_when_run_again(here, tiny_config):
     assert sorted(r.info.status for r in kind(runs, "trial")) == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.slow
 def test_seeds_average_the_value(here, plugins, tiny_config):
     config = small(tiny_config, trials=1, seeds=[0, 1])
     config["name"] = "tiny-seeds"
@@ -422,6 +426,7 @@ def assert_recorded_once(study: optuna.Study, client: MlflowClient, experiment: 
 
 
 @needs_fashion
+@pytest.mark.slow
 def test_two_workers_share_a_journal_study(here, write_yaml, capsys):
     path = write_yaml(FASHION_SWEEP)
     out = finished(mentor("sweep", str(path), "--workers", "2", cwd=here))
@@ -443,7 +448,10 @@ def _free_port() -> int:
 
 @pytest.fixture
 def postgres_url():
-    """A reachable PostgreSQL (MENTOR_TEST_POSTGRES_URL, as .ci/run sets it up), else skip."""
+    """A reachable PostgreSQL: required where MENTOR_TEST_POSTGRES_URL names one (.ci/run starts it and
+    sets it, so CI fails rather than skips when the server is missing), else tried on the default port
+    and skipped when nothing answers (a developer's machine)."""
+    required = "MENTOR_TEST_POSTGRES_URL" in os.environ
     url = os.environ.get("MENTOR_TEST_POSTGRES_URL", "postgresql+psycopg2://mentor:mentor@127.0.0.1:5432/mentor_test")
     try:
         import sqlalchemy
@@ -453,6 +461,9 @@ def postgres_url():
             pass
         engine.dispose()
     except Exception as exc:
+        if required:
+            pytest.fail(f"MENTOR_TEST_POSTGRES_URL names {masked(url)} but no PostgreSQL server answers there "
+                        f"({type(exc).__name__}: {exc})", pytrace=False)
         pytest.skip(f"no PostgreSQL server at {masked(url)} ({type(exc).__name__}); "
                     "set MENTOR_TEST_POSTGRES_URL or run .ci/run, which starts one")
     return url
@@ -493,6 +504,7 @@ def mlflow_server(_server_booting):
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_workers_opening_an_empty_postgres_database_together_all_get_the_storage(postgres_url):
     """Optuna creates its tables on first open; workers that race to do so must all succeed."""
     import sqlalchemy
@@ -523,6 +535,7 @@ def test_workers_opening_an_empty_postgres_database_together_all_get_the_storage
 
 
 @needs_fashion
+@pytest.mark.slow
 def test_two_machines_share_a_postgres_study_and_an_mlflow_server(workdir, write_yaml, postgres_url,
                                                                   mlflow_server):
     path = write_yaml(FASHION_SWEEP)

@@ -31,6 +31,7 @@ def runs(client):
     return client.search_runs([client.get_experiment_by_name("multi").experiment_id])
 
 
+@pytest.mark.slow
 def test_seeds_run_once_each_under_a_parent_that_logs_mean_and_std(workdir, capsys):
     path = write(workdir, seeds=[0, 1, 2])
     assert main(["run", str(path)]) == 0, capsys.readouterr().err
@@ -62,6 +63,7 @@ def test_seeds_run_once_each_under_a_parent_that_logs_mean_and_std(workdir, caps
     assert row["min"] == min(values) and row["max"] == max(values)
 
 
+@pytest.mark.slow
 def test_a_pinned_split_stays_and_the_cli_flag_overrides_the_file(workdir, capsys):
     config = {**CONFIG, "data": {**DATA, "split_seed": 5}}
     path = workdir / "pinned.yaml"
@@ -85,6 +87,7 @@ class KillSeed:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_a_killed_multi_seed_run_resumes_keeping_the_finished_seeds(workdir, capfd, monkeypatch):
     killer = KillSeed()
     monkeypatch.setattr(mentor.plugins, "default_plugins", lambda: mentor.plugins.load_plugins(extra=[killer]))

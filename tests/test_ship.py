@@ -61,6 +61,7 @@ def _architectures():
 
 
 @pytest.mark.parametrize(("name", "params"), _architectures(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.slow
 def test_onnx_runtime_matches_pytorch_on_every_builtin_architecture(tmp_path, name, params):
     component = BUILT_INS.get("model", name)
     channels, size = (1, 28) if name in ("small_cnn", "cnn5") else (3, 32)
@@ -84,6 +85,7 @@ def test_the_preprocessing_record_travels_inside_the_onnx_file(tmp_path):
 
 
 # -- a stage's export, the report and the registry, in one run --------------------------------------
+@pytest.mark.slow
 def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
     runner, results = run(shipped(tiny_config), plugins)
     client = MlflowClient(store())
@@ -164,6 +166,7 @@ def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
     assert predicted["class"].to_list() == [("a", "b", "c", "d")[i] for i in expected]
 
 
+@pytest.mark.slow
 def test_a_registered_student_is_a_teacher_in_a_later_experiment(workdir, plugins, tiny_config):
     first, results = run(shipped(tiny_config, int8=False), plugins)
     later = copy.deepcopy(tiny_config)
@@ -177,6 +180,7 @@ def test_a_registered_student_is_a_teacher_in_a_later_experiment(workdir, plugin
     assert "kept.test.accuracy" in again["again"].metrics
 
 
+@pytest.mark.slow
 def test_a_registry_name_held_by_another_architecture_is_refused_before_training(workdir, plugins, tiny_config):
     run(shipped(tiny_config, int8=False), plugins)
     other = shipped(tiny_config, int8=False)
@@ -190,6 +194,7 @@ def test_a_registry_name_held_by_another_architecture_is_refused_before_training
 
 
 # -- bad input ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_an_int8_model_below_the_threshold_is_reported_not_shipped(workdir, plugins, tiny_config, monkeypatch):
     """The quantized model is swapped for an untrained one: its accuracy drops, and the stage says so."""
     from mentor import shipping
@@ -236,6 +241,7 @@ class EigenPlugin:
         register("eigen", lambda num_classes, in_channels: Eigen(num_classes), description="cannot export")
 
 
+@pytest.mark.slow
 def test_an_op_the_exporter_cannot_handle_is_named_with_the_stage(workdir, tiny_config, write_yaml, monkeypatch,
                                                                 capsys):
     plugins = load_plugins(extra=[SyntheticData(), EigenPlugin()])
@@ -254,6 +260,7 @@ def test_an_op_the_exporter_cannot_handle_is_named_with_the_stage(workdir, tiny_
 
 
 # -- after the fact ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mentor_export_after_the_fact_and_compare_report(workdir, tiny_config, write_yaml, monkeypatch, capsys):
     plugins = load_plugins(extra=[SyntheticData()])
     monkeypatch.setattr("mentor.plugins.default_plugins", lambda: plugins)
@@ -306,6 +313,7 @@ def test_ratios_and_pareto_front_against_a_hand_built_table():
     assert pareto_front(table) == [2, 1, 0]  # the slow, less accurate student is beaten by all
 
 
+@pytest.mark.slow
 def test_a_stage_resumed_after_its_fit_logs_its_model_and_summary_once(workdir, plugins, tiny_config, monkeypatch):
     """Killed after the fit recorded everything but before the stage finished (here: in its export), the
     resumed stage does not log its model or its best and kept summaries a second time."""

@@ -24,6 +24,7 @@ def stage_run(c: MlflowClient, stage: str) -> str:
     return run.info.run_id
 
 
+@pytest.mark.slow
 def test_every_step_is_logged_and_the_epoch_figures_are_their_means(workdir, plugins, tiny_config):
     tiny_config["tracking"].update(log_every_steps=1, log_model=False)
     tiny_config["stages"][1]["schedule"] = {"name": "cosine", "warmup_epochs": 0}
@@ -56,6 +57,7 @@ def test_every_step_is_logged_and_the_epoch_figures_are_their_means(workdir, plu
     assert 0 <= values(c, teacher, "train/accuracy")[2] <= 1
 
 
+@pytest.mark.slow
 def test_steps_are_logged_at_the_chosen_interval_and_can_be_turned_off(workdir, plugins, tiny_config):
     tiny_config["tracking"].update(log_every_steps=4, log_model=False)
     run_experiment(validate_document(Document("tiny", tiny_config), plugins.registry), plugins)

@@ -233,6 +233,7 @@ HINT = [{"name": "cross_entropy", "weight": 0.5}, {"name": "kd", "weight": 0.5},
                                                    "teacher_node": "features.block2.relu"}}]
 
 
+@pytest.mark.slow
 def test_runs_record_the_cache_they_used_and_a_second_run_reuses_it(workdir, capsys):
     path = write(workdir / "exp.yaml", experiment({"views": 2}, losses=HINT))
     assert main(["run", str(path)]) == 0, capsys.readouterr().err
@@ -253,6 +254,7 @@ def test_runs_record_the_cache_they_used_and_a_second_run_reuses_it(workdir, cap
     assert second.data.metrics["train/loss/hint"] == first.data.metrics["train/loss/hint"]
 
 
+@pytest.mark.slow
 def test_a_cache_over_max_gb_runs_the_teacher_live_and_says_so(workdir, capsys):
     path = write(workdir / "exp.yaml", experiment({"views": 2, "max_gb": 1e-9}))
     assert main(["run", str(path)]) == 0, capsys.readouterr().err
@@ -262,6 +264,7 @@ def test_a_cache_over_max_gb_runs_the_teacher_live_and_says_so(workdir, capsys):
     assert not (workdir / "mlruns" / "cache" / "teacher").exists()
 
 
+@pytest.mark.slow
 def test_too_little_disk_stops_the_run_before_building_with_the_size_needed(workdir, capsys, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr(cache_build.shutil, "disk_usage",
@@ -291,6 +294,7 @@ def _count_teacher_forwards(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("trials", [1, 3])
+@pytest.mark.slow
 def test_a_sweep_pays_for_its_teacher_once(workdir, monkeypatch, trials):
     seen = _count_teacher_forwards(monkeypatch)
     config = experiment({"views": 3})
@@ -306,6 +310,7 @@ def test_a_sweep_pays_for_its_teacher_once(workdir, monkeypatch, trials):
     assert len(list((workdir / "mlruns" / "cache" / "teacher").glob("*/meta.json"))) == 1
 
 
+@pytest.mark.slow
 def test_without_the_cache_each_trial_pays_every_epoch(workdir, monkeypatch):
     seen = _count_teacher_forwards(monkeypatch)
     config = experiment(None)
@@ -322,6 +327,7 @@ def test_without_the_cache_each_trial_pays_every_epoch(workdir, monkeypatch):
 # --------------------------------------------------------------------------- auto: on where exact
 
 
+@pytest.mark.slow
 def test_auto_caches_a_stage_without_augmentation_and_trains_exactly_as_live(workdir, capsys):
     plain = experiment("auto")
     plain["data"].pop("augment")
@@ -341,6 +347,7 @@ def test_auto_caches_a_stage_without_augmentation_and_trains_exactly_as_live(wor
             [m.value for m in c.get_metric_history(live.info.run_id, metric)], metric
 
 
+@pytest.mark.slow
 def test_auto_leaves_an_augmented_stage_live(workdir, capsys):
     assert main(["run", str(write(workdir / "exp.yaml", experiment("auto")))]) == 0, capsys.readouterr().err
     [run] = student_runs(workdir)

@@ -78,6 +78,7 @@ def no_run_left_running(c: MlflowClient) -> bool:
 # --- checkpoints ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_state_dict_file_teaches_and_evaluate_matches_a_hand_computation(workdir, capsys):
     folder = workdir / "exp"
     folder.mkdir()
@@ -105,6 +106,7 @@ def test_state_dict_file_teaches_and_evaluate_matches_a_hand_computation(workdir
     assert "best.test.accuracy" in runs["student"].data.metrics
 
 
+@pytest.mark.slow
 def test_mentor_own_final_pt_checkpoint_pt_and_runs_uri_are_the_same_teacher(workdir, capsys):
     first = config(TEACHER, [{"name": "teacher", "kind": "train", "model": "teacher", "epochs": 1,
                               "batch_size": 16}])
@@ -133,6 +135,7 @@ def test_mentor_own_final_pt_checkpoint_pt_and_runs_uri_are_the_same_teacher(wor
 # --- the model registry ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_registered_model_by_version_and_alias(workdir, capsys):
     uri = f"sqlite:///{workdir}/elsewhere.db"  # tracking.uri: not mentor's default store
     model = small_cnn(4, 1, channels=[8])
@@ -162,6 +165,7 @@ def test_registered_model_by_version_and_alias(workdir, capsys):
 # --- pseudo-labelling and MPL with a model-key teacher -------------------------------------
 
 
+@pytest.mark.slow
 def test_pseudo_label_and_mpl_take_a_model_key_teacher(workdir, capsys):
     torch.save(teacher_weights(), workdir / "teacher.pt")
     data = config({**TEACHER, "checkpoint": "teacher.pt"}, [
@@ -232,6 +236,7 @@ def test_run_refuses_a_bad_teacher_before_training(workdir, capsys, teacher, mes
     assert no_run_left_running(store(workdir))
 
 
+@pytest.mark.slow
 def test_a_teacher_with_other_classes_and_a_failed_download_are_located(workdir, capsys, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     try:

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import yaml
 
 from mentor.cli import main
@@ -20,6 +21,7 @@ CONFIG = {
 }
 
 
+@pytest.mark.slow
 def test_a_run_says_what_runs_where_and_how_to_open_it(workdir, capsys):
     path = workdir / "terminal.yaml"
     path.write_text(yaml.safe_dump(CONFIG, sort_keys=False))

@@ -89,6 +89,7 @@ def served(tmp_path):
         ui.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_ui_shows_named_linked_runs_with_summaries_curves_and_artifacts(served):
     api, experiment, path = served
     runs = api.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]

@@ -48,6 +48,7 @@ def config(tiny_config, weight, epochs=3):
     return c
 
 
+@pytest.mark.slow
 def test_a_scheduled_weight_is_applied_and_logged_per_epoch(workdir, plugins, tiny_config):
     weight = {"start": 4.0, "end": 1.0, "epochs": 3}  # FitNets' annealed KD weight, over the whole stage
     run_experiment(validate_document(Document("t", config(tiny_config, weight)), plugins.registry), plugins)
@@ -64,6 +65,7 @@ def test_a_scheduled_weight_is_applied_and_logged_per_epoch(workdir, plugins, ti
     ({"start": 0, "end": 1, "epochs": 0}, "stages.1.losses.1.weight", "greater than or equal to 1"),
     ({"start": -1, "end": 1, "epochs": 2}, "stages.1.losses.1.weight", "greater than or equal to 0"),
 ])
+@pytest.mark.slow
 def test_bad_schedules_are_located_errors(tiny_config, plugins, weight, where, message):
     from mentor.config import ConfigError
 
