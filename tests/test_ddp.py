@@ -241,6 +241,7 @@ def test_two_processes_record_once_and_end_identical(reference):
         assert sorted(rows0 + rows1) == sorted(mine["order"][:2 * len(rows0)])
 
 
+@pytest.mark.slow  # reads the torchrun reference run
 def test_evaluation_under_ddp_equals_one_process(reference):
     _, _, (rank0, _) = reference
     plugins = load_plugins(extra=[SyntheticData()])
