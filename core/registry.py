@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,11 @@ from pydantic import BaseModel
 from .params import NoParams
 
 KINDS = ("model", "loss", "data_source", "unlabeled_source", "selection", "method", "callback")
+
+
+class MentorDeprecationWarning(FutureWarning):
+    """A plugin uses a form of the API that still works but will not always: the message says what to change.
+    (A FutureWarning, so that Python shows it to the person running mentor, not only to test runners.)"""
 
 
 class PluginConflict(Exception):
@@ -53,9 +59,10 @@ class Component:
         except (TypeError, ValueError):  # a builtin or C callable without a signature
             return False
 
-    def make_model(self, num_classes: int, in_channels: int, image_size: tuple[int, int], **params):
+    def make_model(self, num_classes: int, in_channels: int, image_size: tuple[int, int], /, **params):
         """Call a model factory: classes and channels, and the image size if it asks for it (a value
-        the experiment file set in ``params`` wins)."""
+        the experiment file set in ``params`` wins). Positional-only, so a plugin whose params model
+        declares its own ``image_size`` (the documented way before mentor passed it) is not a TypeError."""
         if self.takes_image_size and "image_size" not in params:
             params["image_size"] = tuple(image_size)
         return self.factory(num_classes, in_channels, **params)
@@ -111,6 +118,14 @@ class Registry:
             if description is None:
                 doc = inspect.getdoc(factory) or ""
                 description = doc.splitlines()[0] if doc else ""
-            self.add(Component(kind, name, factory, params, description, plugin, package))
+            component = Component(kind, name, factory, params, description, plugin, package)
+            if kind == "model" and "image_size" in params.model_fields and component.takes_image_size:
+                warnings.warn(
+                    f"plugin {plugin} (package {package}), model '{name}': its params model declares image_size, "
+                    "so the factory gets that value, not the data's (height, width). mentor now gives a model "
+                    "factory that declares an image_size keyword the input's size itself: remove image_size "
+                    "from the params model (an experiment file may still set it in params). This still works "
+                    "as before; docs/plugins.md, 'Changes'.", MentorDeprecationWarning, stacklevel=2)
+            self.add(component)
 
         return register

@@ -1,5 +1,6 @@
 """Plugins: built-ins and third-party packages load through entry points; conflicts are errors."""
 
+import copy
 import importlib
 import json
 import subprocess
@@ -7,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
-from mentor import hookimpl
+from mentor import Params, hookimpl
 from mentor.plugins import PluginError, load_plugins
 from mentor.registry import PluginConflict, UnknownComponent
 
@@ -117,3 +120,55 @@ def test_third_party_name_clash_is_an_error_naming_both_packages(site):
     )
     assert result.returncode == 2
     assert "mentor-clash" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- a plugin written against the previous documented API keeps working --------------------------
+
+
+class OldMLPParams(Params):
+    hidden: int = 16
+    image_size: int = 28  # the documented way before mentor passed the input's size to the factory
+
+
+def old_mlp(num_classes, in_channels, hidden=16, image_size=28):
+    """An MLP sized by its own image_size parameter (an int: a square image)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+
+
+class OldModelPlugin:
+    @hookimpl
+    def register_models(self, register):
+        register("old_mlp", old_mlp, params=OldMLPParams)
+
+
+def test_a_model_whose_params_declare_image_size_validates_and_trains_with_one_deprecation_warning(workdir):
+    """It was a TypeError ('make_model() got multiple values for argument image_size') in validate itself."""
+    from mentor.config import validate_document
+    from mentor.config.document import Document
+    from mentor.pipeline import run_experiment
+    from mentor.registry import MentorDeprecationWarning
+
+    from .conftest import TINY, SyntheticData
+
+    with pytest.warns(MentorDeprecationWarning) as caught:
+        plugins = load_plugins(extra=[SyntheticData(), OldModelPlugin()])
+    [warning] = [w for w in caught if issubclass(w.category, MentorDeprecationWarning)]
+    assert "model 'old_mlp'" in str(warning.message) and "remove image_size from the params model" in str(
+        warning.message)
+    config = copy.deepcopy(TINY)
+    config["models"]["student"] = {"name": "old_mlp", "params": {"image_size": 8, "hidden": 12}}
+    config["tracking"]["log_model"] = False
+    experiment = validate_document(Document("old.yaml", config), plugins.registry)
+    results = run_experiment(experiment, plugins)
+    assert 0 <= results["student"].metrics["last.test.accuracy"] <= 1
+    weights = torch.load(results["student"].weights, weights_only=True)
+    assert tuple(weights["1.weight"].shape) == (12, 1 * 8 * 8)  # built from the file's image_size
+
+
+def test_a_model_factory_that_takes_image_size_without_declaring_it_gets_the_input_size(plugins):
+    model = plugins.registry.get("model", "small_cnn")
+    taker = type(model)(model.kind, "sized", lambda num_classes, in_channels, image_size: image_size,
+                        model.params, "", "test", "test")
+    assert taker.make_model(4, 1, (8, 6)) == (8, 6)
+    assert taker.make_model(4, 1, (8, 6), image_size=(3, 3)) == (3, 3)  # the file's value wins
