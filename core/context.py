@@ -151,7 +151,8 @@ class StageContext(Recording):
             if loaded is not None:
                 checkpoint.load_weights(model, loaded.state_dict(), f"models.{key}.uri ({spec.uri})")
         if spec.checkpoint:
-            checkpoint.load_weights(model, checkpoint.load(spec.checkpoint), f"models.{key}.checkpoint")
+            checkpoint.load_weights(model, checkpoint.load(spec.checkpoint), f"models.{key}.checkpoint",
+                                    key=spec.checkpoint_key)
         if init:
             result = self.results[init]
             checkpoint.load_weights(model, checkpoint.load(result.weights), f"weights of stage '{init}'")

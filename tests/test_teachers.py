@@ -214,7 +214,7 @@ def test_validate_refuses_a_teacher_without_usable_weights(tmp_path, capsys, tea
 @pytest.mark.parametrize("teacher, message", [
     ({"uri": "runs:/0123456789abcdef/teacher"}, "models.teacher.uri: runs:/0123456789abcdef/teacher: Run"),
     ({"uri": "models:/nobody/7"}, "models.teacher.uri: models:/nobody/7"),
-    ({**TEACHER, "checkpoint": "other.pt"}, "models.teacher.checkpoint: weights do not fit the model"),
+    ({**TEACHER, "checkpoint": "other.pt"}, "weights do not fit models.small_cnn: 6 keys are not the model's"),
     ({"name": "torchvision", "params": {"arch": "squeezenet1_1"}, "weights": "DEFAULT"},
      "freshly initialised (DEFAULT has 1000 classes, the data 4)"),
 ])
@@ -233,7 +233,8 @@ def test_run_refuses_a_bad_teacher_before_training(workdir, capsys, teacher, mes
     assert message in err and "Traceback" not in err
     assert not (workdir / "mlruns/checkpoints/ext").exists() or not any(
         (workdir / "mlruns/checkpoints/ext").rglob("final.pt"))
-    assert no_run_left_running(store(workdir))
+    if (workdir / "mlruns/mlflow.db").exists():  # validation may stop it before any run is recorded
+        assert no_run_left_running(store(workdir))
 
 
 @pytest.mark.slow

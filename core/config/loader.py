@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_mode
 
 from ..params import path_fields
 from ..registry import Registry, unknown_name_message
+from .checkpoints import checkpoint_problems
 from .document import Document, apply_overrides, read_document
 from .errors import ConfigError, Problem, dotted
 from .schema import ComponentSpec, ExperimentBase, ModelSpec, Ref, StageConfig
@@ -220,6 +221,9 @@ def resolve(experiment, registry: Registry, doc: Document | None = None) -> list
             if not Path(spec.checkpoint).is_file():
                 report(where, f"no such file: {spec.checkpoint} (a relative path is read from the experiment "
                        "file's folder)")
+            elif spec.name is None or spec.name in registry.names("model"):
+                for field, message in checkpoint_problems(spec, registry):
+                    report(("models", key, field), message)
 
     seen: dict[str, int] = {}
     kinds = [stage.kind for stage in experiment.stages]

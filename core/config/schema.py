@@ -102,6 +102,10 @@ class ModelSpec(ComponentSpec):
         default=None, description="weights from a .pt file: a state_dict, or a dict holding one under "
         "'state_dict' or 'model' (mentor's final.pt / checkpoint.pt); a relative path is read from the "
         "experiment file's folder (from the working directory when given with --set)")
+    checkpoint_key: str | None = Field(
+        default=None, description="the entry of the checkpoint that holds the state_dict, for a file saved as "
+        "{'epoch': ..., 'model_state_dict': ...} (a DDP `module.`, Lightning `model.` or torch.compile "
+        "`_orig_mod.` key prefix is removed without asking)")
     uri: str | None = Field(
         default=None, description="an MLflow model: runs:/<run id>/<artifact path>, models:/<name>/<version> "
         "or models:/<name>@<alias>, read from this experiment's tracking store; without `name` the loaded "
@@ -117,6 +121,8 @@ class ModelSpec(ComponentSpec):
             raise ValueError(f"set only one of checkpoint, uri, weights (got {', '.join(given)})")
         if self.name is None and self.uri is None:
             raise ValueError("a model needs a `name` (or a `uri` whose model is used as is)")
+        if self.checkpoint_key is not None and self.checkpoint is None:
+            raise ValueError("checkpoint_key names an entry of a checkpoint file: set checkpoint too")
         return self
 
     @property

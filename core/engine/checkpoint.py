@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..state_dicts import WeightsMismatch, find_state_dict, mismatch, strip_wrapper_prefix
+
 
 class CheckpointError(Exception):
     """Weights cannot be had (a missing or unreadable file, an unknown MLflow model, a failed download)
@@ -114,19 +116,27 @@ def load(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def state_dict_of(saved: Any) -> Any:
-    """The state_dict in a saved object: the object itself, or its 'state_dict' or 'model' entry
-    (the loop's checkpoint.pt holds the model under 'model', beside the optimizer's state)."""
-    if isinstance(saved, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(saved.get(key), dict):
-                return saved[key]
-    return saved
+def state_dict_of(saved: Any, key: str | None = None) -> Any:
+    """The state_dict in a saved object: the entry ``key`` names, the object itself, or its 'state_dict'
+    or 'model' entry (the loop's checkpoint.pt holds the model under 'model', beside the optimizer's
+    state). Raises ``WeightsMismatch`` naming the keys found when none of those holds weights."""
+    return find_state_dict(saved, key)
 
 
-def load_weights(module: torch.nn.Module, state: dict, source: str) -> None:
-    """Load a state_dict, turning a mismatch into a located CheckpointError."""
-    state = state_dict_of(state)
+def load_weights(module: torch.nn.Module, state: Any, source: str, key: str | None = None) -> None:
+    """Load saved weights into ``module``, or raise a CheckpointError that says, located at ``source``,
+    what does not fit: no state_dict (and which key holds one), a head for other classes, missing,
+    unexpected or misshapen keys. A wrapper's key prefix (DDP's ``module.``, Lightning's ``model.``,
+    torch.compile's ``_orig_mod.``) is removed when that is what stands between them."""
+    try:
+        state = find_state_dict(state, key)
+    except WeightsMismatch as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    expected = module.state_dict()
+    state = strip_wrapper_prefix(state, set(expected))
+    problem = mismatch(state, expected)
+    if problem is not None:
+        raise CheckpointError(f"{source}: weights do not fit the model: {problem}")
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
