@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not Path(crash.DEFAULT_DATA).is_dir() and "MENTO
 
 #: shape -> the kill plans tried on it (a plan of two kills kills the resumed run once more)
 REDUCED = {
-    "train": [["checkpoint@1"], ["epoch@1"], ["model@1", "stage@1"]],
+    "train": [["checkpoint@1", "epoch@1"], ["model@1", "stage@1"]],  # double kills: two points a plan
     "distill_cached": [["cache@3", "cache@2"]],  # a teacher cache's build killed, then its resumed build
     "noisy_student": [["step", "step@2"]],
     "mpl": [["step", "model@1"]],
