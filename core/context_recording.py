@@ -29,6 +29,15 @@ class Recording:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step)
 
+    def warn(self, message: str) -> None:
+        """Something the person running this should not miss, though the stage goes on: printed on the
+        terminal as ``[stage] warning: ...`` and kept on the stage's run as the ``mentor.warning`` tag."""
+        import sys
+
+        if is_main():
+            print(f"[{self.stage.name}] warning: {message}", file=sys.stderr, flush=True)
+        self.tracker.set_tags(self.run_id, {"mentor.warning": message[:5000]})
+
     def log_figure(self, figure, artifact_file: str) -> None:
         """A matplotlib figure as a PNG artifact of the current run (the stage's, or a nested one)."""
         self.tracker.log_figure(self.run_id, figure, artifact_file)

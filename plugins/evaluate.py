@@ -34,9 +34,24 @@ def model_size(model: nn.Module) -> dict[str, float]:
     return {"model/parameters": float(parameters), "model/size_mb": size / 1e6}
 
 
+def near_chance(accuracy: float, classes: int) -> bool:
+    """Within a tenth of the way from chance (1 / classes) to perfect: 0.55 of 2 classes, 0.19 of 10."""
+    chance = 1.0 / classes
+    return accuracy < chance + 0.1 * (1.0 - chance)
+
+
 def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
     model = ctx.teacher(stage.model, "model")
     metrics = ctx.evaluate(model, stage.eval_batch_size)
+    split = "val" if "val/accuracy" in metrics else "test"
+    accuracy = metrics.get(f"{split}/accuracy")
+    if accuracy is not None and near_chance(accuracy, ctx.info.num_classes):
+        ctx.warn(f"{stage.model} scores {accuracy:.4f} on {split}, near chance ({1 / ctx.info.num_classes:.4f} for "
+                 f"{ctx.info.num_classes} classes). First suspect: its preprocessing. It is fed the data's "
+                 f"images at {ctx.info.image_size[0]}x{ctx.info.image_size[1]}, normalised with the data's mean "
+                 f"{_short(ctx.info.mean)} and std {_short(ctx.info.std)}; a model trained with other statistics "
+                 "(ImageNet's) or another size scores like this. Then: its class order (output i must be the "
+                 "data's class i) and its checkpoint. docs/own_teacher.md")
     summary = {summary_name(when, k): metrics[k] for when in ("best", "last") for k in SUMMARY_KEYS if k in metrics}
     ctx.log_metrics({**metrics, **model_size(model)}, step=0)
     ctx.log_metrics(summary, step=0)
@@ -45,6 +60,10 @@ def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
     weights = earlier.weights if earlier is not None else None  # an earlier stage's, or the entry's own
     return StageResult(stage.name, stage.kind, model_key=teacher_model_key(ctx.experiment, stage.model),
                        weights=weights, metrics={**summary, **model_size(model)})
+
+
+def _short(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
 @hookimpl

@@ -112,3 +112,39 @@ def test_another_architecture_is_refused_by_validate_with_the_keys_that_differ(w
     err = capsys.readouterr().err
     assert "models.teacher.checkpoint" in err and "of the model's keys are missing" in err
     assert "keys are not the model's (1.weight, 1.bias)" in err and "Traceback" not in err
+
+
+# --- a teacher that scores near chance is said loudly, preprocessing first -------------------------
+
+
+def test_an_evaluated_teacher_near_chance_is_a_warning_naming_the_preprocessing(workdir, plugins, tiny_config,
+                                                                               capsys):
+    from mlflow import MlflowClient
+
+    from mentor.config import validate_document
+    from mentor.config.document import Document
+    from mentor.pipeline import run_experiment
+    from mentor.tracking.store import tracking_uri
+
+    blind = small_cnn(4, 1, channels=[8, 8])
+    with torch.no_grad():  # equal logits: argmax is class 0 for every image, 1/4 of the balanced labels
+        blind.fc.weight.zero_()
+        blind.fc.bias.zero_()
+    torch.save(blind.state_dict(), workdir / "blind.pt")
+    tiny_config["models"]["blind"] = {"name": "small_cnn", "params": {"channels": [8, 8]},
+                                      "checkpoint": str(workdir / "blind.pt")}
+    tiny_config["stages"] = [tiny_config["stages"][0],
+                             {"name": "score_trained", "kind": "evaluate", "model": "teacher"},
+                             {"name": "score_blind", "kind": "evaluate", "model": "blind"}]
+    results = run_experiment(validate_document(Document("t.yaml", tiny_config), plugins.registry), plugins)
+    err = capsys.readouterr().err
+    assert results["score_blind"].metrics["last.val.accuracy"] == pytest.approx(0.25)
+    assert "[score_blind] warning: blind scores 0.2500 on val, near chance (0.2500 for 4 classes). First " \
+           "suspect: its preprocessing. It is fed the data's images at 8x8, normalised with the data's mean " \
+           "(0.300) and std (0.300)" in err
+    assert results["score_trained"].metrics["last.val.accuracy"] > 0.5 and "[score_trained] warning" not in err
+    client = MlflowClient(tracking_uri(None))
+    runs = {r.data.tags["mentor.stage"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id]) if "mentor.stage" in r.data.tags}
+    assert runs["score_blind"].data.tags["mentor.warning"].startswith("blind scores 0.2500 on val")
+    assert "mentor.warning" not in runs["score_trained"].data.tags
