@@ -28,7 +28,8 @@ class WeightsMismatch(ValueError):
 
 
 def is_state_dict(value: Any) -> bool:
-    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+    """A mapping of tensors; an empty one is the state_dict of a module without parameters (a loss)."""
+    return isinstance(value, Mapping) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
 def _keys(saved: Mapping, n: int = 6) -> str:
@@ -54,7 +55,7 @@ def find_state_dict(saved: Any, key: str | None = None) -> Mapping[str, torch.Te
     for known in KNOWN_KEYS:
         if is_state_dict(saved.get(known)):
             return saved[known]
-    candidates = [str(k) for k, v in saved.items() if is_state_dict(v)]
+    candidates = [str(k) for k, v in saved.items() if v and is_state_dict(v)]
     hint = f": did you mean `checkpoint_key: {candidates[0]}`?" if candidates else " and none of them holds weights"
     raise WeightsMismatch(f"found keys {_keys(saved)}, not a state_dict{hint}")
 

@@ -148,3 +148,13 @@ def test_an_evaluated_teacher_near_chance_is_a_warning_naming_the_preprocessing(
         [client.get_experiment_by_name("tiny").experiment_id]) if "mentor.stage" in r.data.tags}
     assert runs["score_blind"].data.tags["mentor.warning"].startswith("blind scores 0.2500 on val")
     assert "mentor.warning" not in runs["score_trained"].data.tags
+
+
+def test_the_empty_state_of_a_module_without_parameters_loads():
+    """The loop's checkpoint keeps each loss's state beside the model's; a parameter-free loss's is {}."""
+    from mentor.engine.checkpoint import load_weights
+
+    assert find_state_dict({}) == {}
+    load_weights(torch.nn.MSELoss(), {}, "checkpoint.pt (extra losses)")
+    with pytest.raises(WeightsMismatch, match="none of them holds weights"):
+        find_state_dict({"epoch": 3, "optimizer_state_dict": {}})
