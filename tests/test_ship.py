@@ -23,7 +23,7 @@ from mentor.plugins import load_plugins
 from mentor.tracking.store import tracking_uri
 from mentor.tracking.tracker import fluent_tracking_uri
 
-from .conftest import SyntheticData
+from .conftest import TINY, SyntheticData
 
 
 def store() -> str:
@@ -166,9 +166,28 @@ def test_export_report_and_registry_of_a_run(workdir, plugins, tiny_config):
     assert predicted["class"].to_list() == [("a", "b", "c", "d")[i] for i in expected]
 
 
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """One shipped run that registered 'tiny-student', shared by the tests that start from it: its folder
+    (the store under mlruns/) and its results. Each test works in that folder (``in_registered``)."""
+    folder = tmp_path_factory.mktemp("registered")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        _, results = run(shipped(copy.deepcopy(TINY), int8=False), load_plugins(extra=[SyntheticData()]))
+    return folder, results
+
+
+@pytest.fixture
+def in_registered(registered, monkeypatch):
+    monkeypatch.chdir(registered[0])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return registered[1]
+
+
 @pytest.mark.slow
-def test_a_registered_student_is_a_teacher_in_a_later_experiment(workdir, plugins, tiny_config):
-    first, results = run(shipped(tiny_config, int8=False), plugins)
+def test_a_registered_student_is_a_teacher_in_a_later_experiment(in_registered, plugins, tiny_config):
+    results = in_registered
     later = copy.deepcopy(tiny_config)
     later["name"] = "tiny-later"
     later["models"]["registered"] = {"uri": "models:/tiny-student/1"}
@@ -181,8 +200,8 @@ def test_a_registered_student_is_a_teacher_in_a_later_experiment(workdir, plugin
 
 
 @pytest.mark.slow
-def test_a_registry_name_held_by_another_architecture_is_refused_before_training(workdir, plugins, tiny_config):
-    run(shipped(tiny_config, int8=False), plugins)
+def test_a_registry_name_held_by_another_architecture_is_refused_before_training(in_registered, plugins,
+                                                                                 tiny_config):
     other = shipped(tiny_config, int8=False)
     other["models"]["student"]["params"] = {"channels": [6]}
     with pytest.raises(ConfigError, match="tiny-student' holds small_cnn .*choose another name"):
