@@ -58,6 +58,16 @@ def test_a_head_for_other_classes_is_said_as_such_and_anything_else_listed():
 # --- through the CLI, files on disk ----------------------------------------------------------------
 
 
+def assert_scored_as_its_weights(workdir, path, weights):
+    """The file validates, runs, and its `score` stage measured the teacher these weights make."""
+    assert main(["validate", str(path)]) == 0
+    assert main(["run", str(path)]) == 0
+    model = small_cnn(4, 1, channels=[8])
+    model.load_state_dict(weights)
+    scored = stage_runs(store(workdir))["score"].data.metrics
+    assert scored["test/accuracy"] == pytest.approx(by_hand(model, path)["test/accuracy"], abs=1e-6)
+
+
 def test_validate_points_at_the_entry_that_holds_the_weights_and_checkpoint_key_loads_it(workdir, capsys):
     weights = teacher_weights()
     torch.save({"epoch": 30, "model_state_dict": weights, "best_acc": 0.9}, workdir / "teacher.pt")
@@ -68,12 +78,7 @@ def test_validate_points_at_the_entry_that_holds_the_weights_and_checkpoint_key_
     assert "Traceback" not in err and not (workdir / "mlruns").exists()  # nothing ran, nothing recorded
 
     path = write(workdir, config({**TEACHER, "checkpoint": "teacher.pt", "checkpoint_key": "model_state_dict"}))
-    assert main(["validate", str(path)]) == 0
-    assert main(["run", str(path)]) == 0
-    model = small_cnn(4, 1, channels=[8])
-    model.load_state_dict(weights)
-    scored = stage_runs(store(workdir))["score"].data.metrics
-    assert scored["test/accuracy"] == pytest.approx(by_hand(model, path)["test/accuracy"], abs=1e-6)
+    assert_scored_as_its_weights(workdir, path, weights)
 
 
 @pytest.mark.parametrize("prefix", ["model.", "module."])  # Lightning, DDP
@@ -82,12 +87,7 @@ def test_a_lightning_or_ddp_checkpoint_is_the_same_teacher(workdir, prefix):
     torch.save({"state_dict": {prefix + k: v for k, v in weights.items()}, "epoch": 3}, workdir / "wrapped.pt")
     path = write(workdir, config({**TEACHER, "checkpoint": "wrapped.pt"},
                                  stages=[{"name": "score", "kind": "evaluate", "model": "teacher"}]))
-    assert main(["validate", str(path)]) == 0
-    assert main(["run", str(path)]) == 0
-    model = small_cnn(4, 1, channels=[8])
-    model.load_state_dict(weights)
-    scored = stage_runs(store(workdir))["score"].data.metrics
-    assert scored["test/accuracy"] == pytest.approx(by_hand(model, path)["test/accuracy"], abs=1e-6)
+    assert_scored_as_its_weights(workdir, path, weights)
 
 
 def test_a_checkpoint_for_other_classes_stops_the_run_before_any_stage_trains(workdir, capsys):
