@@ -117,6 +117,7 @@ def test_another_architecture_is_refused_by_validate_with_the_keys_that_differ(w
 # --- a teacher that scores near chance is said loudly, preprocessing first -------------------------
 
 
+@pytest.mark.slow  # trains a teacher stage to show the warning stays off for it
 def test_an_evaluated_teacher_near_chance_is_a_warning_naming_the_preprocessing(workdir, plugins, tiny_config,
                                                                                capsys):
     from mlflow import MlflowClient
