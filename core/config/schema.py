@@ -16,17 +16,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
-    Discriminator,
     Field,
     PrivateAttr,
-    Tag,
     field_validator,
     model_validator,
 )
 
 from ..params import Params
 from .search import SearchConfig
+from .shipping_schema import ExportConfig, ReportConfig  # noqa: F401 (kept in modules of their own)
+from .teacher_cache_schema import TeacherCacheConfig, TeacherCacheOption, exact_cache  # noqa: F401
 
 # --- names that become folder names ---------------------------------------------
 
@@ -199,64 +198,6 @@ class AugmentConfig(Params):
     randaugment: RandAugmentConfig | None = Field(default=None, description="strong augmentation (noise)")
 
 
-class TeacherCacheConfig(Params):
-    """A frozen teacher's outputs computed once per recorded augmented view, on disk, shared (docs/teacher_cache.md).
-
-    Each training image gets ``views`` recorded augmentations (its crop offsets,
-    flip, RandAugment ops); the teacher runs once per view, ahead of training,
-    and each epoch the student sees one of them, rebuilt exactly, with the
-    stored output. No augmentation: one view. The cache lives in
-    ``tracking.cache_dir``, keyed by the teacher's weights, the data, the
-    augmentation and these settings, and is reused by every stage, run and
-    sweep trial with the same key.
-    """
-
-    views: int = Field(default=8, ge=1, le=4096, description="recorded augmented views per training image "
-                       "(each epoch shows one of them; 1 without augmentation)")
-    store: Literal["float16", "float32"] = Field(
-        default="float16", description="how outputs are stored: float16 (half the disk; exact for bf16 "
-        "teachers, within float16 rounding for fp32 ones) or float32 (the teacher's fp32 outputs exactly)")
-    top_k: int | None = Field(default=None, ge=1, description="keep only the k largest logits of each view "
-                              "(the others are stored as their mean): for many classes; approximate. "
-                              "Default: all logits (exact)")
-    max_gb: float = Field(default=8.0, gt=0, description="the largest cache to build; a larger one is not "
-                          "built and the teacher runs live (logged)")
-    seed: int = Field(default=0, ge=0, description="seeds the recorded views (not the stage's seed, so that "
-                      "stages and trials with other seeds share the cache)")
-
-
-def _cache_switch(value: Any) -> Any:
-    """``teacher_cache: true`` is the default settings, ``false`` none; a word other than auto is refused here,
-    so that the message says what the field takes."""
-    if value is True:
-        return {}
-    if value is False:
-        return None
-    if isinstance(value, str) and value != "auto":
-        raise ValueError(f"expected true, false, auto or settings ({', '.join(TeacherCacheConfig.model_fields)}), "
-                         f"got {value!r}")
-    return value
-
-
-def _cache_kind(value: Any) -> str:
-    return "[auto]" if isinstance(value, str) else "[settings]"
-
-
-TeacherCacheOption = Annotated[
-    Annotated[Annotated[TeacherCacheConfig, Tag("[settings]")] | Annotated[Literal["auto"], Tag("[auto]")],
-              Discriminator(_cache_kind)] | None,
-    BeforeValidator(_cache_switch)]
-"""A stage's ``teacher_cache:`` field: settings, ``true`` (the default settings), ``false`` (off), or ``auto``:
-on where it is exact and costs no augmentation (the stage has none: one view, stored in float32, is the live
-teacher's output bit for bit), off otherwise."""
-
-
-def exact_cache() -> TeacherCacheConfig:
-    """What ``teacher_cache: auto`` uses on a stage without augmentation: one view, float32, at most 1 GB
-    (a larger cache is only built when asked for)."""
-    return TeacherCacheConfig(views=1, store="float32", max_gb=1.0)
-
-
 class UnlabeledSpec(ComponentSpec):
     """An unlabeled pool from its own source (files on disk), instead of the labeled source's remainder."""
 
@@ -323,22 +264,6 @@ def applicable(config):
         if keys == set(fields) and config.get("name") in options:
             return {k: v for k, v in config.items() if k in options[config["name"]]}
     return {k: applicable(v) for k, v in config.items()}
-
-
-class ExportConfig(Params):
-    """``export:`` on a stage: its kept model as ONNX, checked by ONNX Runtime, optionally int8 too."""
-
-    int8: bool = Field(default=False, description="also an int8 model by ONNX Runtime's static quantization, "
-                       "calibrated on training images, with its own test accuracy")
-    calibration_images: int = Field(default=256, ge=1, description="training images that calibrate int8 ranges")
-    max_int8_drop: float = Field(
-        default=0.01, ge=0, le=1, description="largest test-accuracy drop (fp32 minus int8, as a fraction) for "
-        "which the int8 model ships; beyond it the model is reported as rejected and not logged as a model")
-    check_images: int = Field(default=1024, ge=1, description="test images on which ONNX Runtime is compared "
-                              "with PyTorch (max abs logit difference, top-1 agreement)")
-    tolerance: float = Field(default=1e-3, gt=0, description="largest max abs logit difference that passes "
-                             "the check; beyond it the stage fails (the ONNX file would not be the model)")
-    opset: int | None = Field(default=None, ge=7, description="ONNX opset; default: the exporter's")
 
 
 class StageConfig(Params):
@@ -452,20 +377,6 @@ class TrackingConfig(Params):
     @classmethod
     def _register_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
-
-
-class ReportConfig(Params):
-    """``report:``: the compression report at the end of a run (every model the experiment produced or used)."""
-
-    compression: bool = Field(default=True, description="measure and log the compression report")
-    reference: str | None = Field(
-        default=None, description="the row every ratio is against: a stage or a models key; default: the first "
-        "teacher a stage names")
-    warmup: int = Field(default=10, ge=0, description="untimed calls before latency is measured")
-    repeats: int = Field(default=50, ge=3, description="timed calls at batch 1 (p50 and p95)")
-    throughput_batch: int = Field(default=64, ge=1, description="batch size of the throughput measurement")
-    threads: int | None = Field(default=None, ge=1, description="CPU threads for the measurement (torch and "
-                                "ONNX Runtime); default: torch's")
 
 
 class ExperimentBase(Params):

@@ -116,13 +116,6 @@ def load(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def state_dict_of(saved: Any, key: str | None = None) -> Any:
-    """The state_dict in a saved object: the entry ``key`` names, the object itself, or its 'state_dict'
-    or 'model' entry (the loop's checkpoint.pt holds the model under 'model', beside the optimizer's
-    state). Raises ``WeightsMismatch`` naming the keys found when none of those holds weights."""
-    return find_state_dict(saved, key)
-
-
 def load_weights(module: torch.nn.Module, state: Any, source: str, key: str | None = None) -> None:
     """Load saved weights into ``module``, or raise a CheckpointError that says, located at ``source``,
     what does not fit: no state_dict (and which key holds one), a head for other classes, missing,
