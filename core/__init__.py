@@ -30,6 +30,7 @@ from .context import RunState, StageContext, StageResult
 from .context_recording import StopRun
 from .data.augment import BatchAugment
 from .data.loader import Batches
+from .model_input import ModelBatches, ModelInput, PipelineError, WithInput
 from .data.pool import IMAGE_EXTENSIONS, ImagePool, PoolImages, find_images
 from .data.splits import UnlabeledImages, derive_seed
 from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
@@ -83,6 +84,10 @@ __all__ = [
     "DataInfo",
     "DataNotFound",
     "ImageSet",
+    "ModelBatches",
+    "ModelInput",
+    "PipelineError",
+    "WithInput",
     "UnlabeledImages",
     "ImagePool",
     "PoolImages",

@@ -32,6 +32,7 @@ from .engine import checkpoint, distributed
 from .engine.loop import FitResult, TrainTask, evaluate, fit, predict
 from .engine.runtime import Runtime
 from .losses import Loss
+from .model_input import ModelInput, PipelineError, WithInput, bare, resolve_input, with_input
 from .summary import canonical, summary_name
 from .tables import check_selection
 from .weights import untrained_layers
@@ -110,6 +111,8 @@ class StageContext(Recording, TeacherCaching):
             raise ValueError(f"stage folder {self.dir} is outside the run's folder {state.run_dir}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_id: str = ""  # the stage's MLflow run, set by the pipeline
+        self._inputs: dict[str, ModelInput] = {}
+        self._recorded_inputs: set[str] = set()
 
     @property
     def tracker(self):
@@ -138,13 +141,14 @@ class StageContext(Recording, TeacherCaching):
             if not isinstance(loaded, nn.Module):
                 raise checkpoint.CheckpointError(
                     f"models.{key}.uri: {spec.uri} holds a {type(loaded).__name__}, not a torch module")
+        pipeline = self.model_input(key)
         if spec.name is None:
             model = loaded
         else:
             component = self.registry.get("model", spec.name)
             try:
                 model = component.make_model(
-                    self.info.num_classes, self.info.in_channels, self.info.image_size, **spec.params)
+                    pipeline.num_classes(self.info), pipeline.channels, pipeline.size, **spec.params)
             except checkpoint.CheckpointError as exc:  # pretrained weights that cannot be had
                 raise checkpoint.CheckpointError(f"models.{key}.weights: {exc}") from None
             if loaded is not None:
@@ -155,7 +159,29 @@ class StageContext(Recording, TeacherCaching):
         if init:
             result = self.results[init]
             checkpoint.load_weights(model, checkpoint.load(result.weights), f"weights of stage '{init}'")
-        return model
+        try:
+            wrapped = with_input(model, pipeline, self.info)
+        except PipelineError as exc:
+            raise self.config_error(("models", key, "preprocess"), str(exc)) from None
+        self._record_input(key, pipeline)
+        return wrapped
+
+    def _record_input(self, key: str, pipeline: ModelInput) -> None:
+        """Each model's pipeline on the stage's run (``preprocess.<key>.*`` params), and said once when it is
+        not the data's."""
+        if key in self._recorded_inputs or not self.run_id:
+            return
+        self._recorded_inputs.add(key)
+        self.tracker.log_params(self.run_id, pipeline.params(key))
+        if not pipeline.is_data_form(self.info):
+            print(f"[{self.stage.name}] models.{key} takes its own input: {pipeline.describe()}", file=sys.stderr)
+
+    def model_input(self, key: str) -> ModelInput:
+        """``models[key]``'s own input pipeline (``mentor.ModelInput``): the file's ``preprocess``, else its
+        weights' transforms, else the pipeline recorded with its ``uri`` model, else the data's."""
+        if key not in self._inputs:
+            self._inputs[key] = resolve_input(self.experiment, key, self.registry, self.info)
+        return self._inputs[key]
 
     def trained_model(self, stage_name: str) -> nn.Module:
         """The model that an earlier stage trained, with its final weights."""
@@ -178,7 +204,7 @@ class StageContext(Recording, TeacherCaching):
         else:
             model = self.build_model(ref)
             where = ("stages", self.index, field)
-            fresh = untrained_layers(model)
+            fresh = untrained_layers(bare(model))
             if fresh:
                 layer, reason = next(iter(fresh.items()))
                 raise self.config_error(where, f"models.{ref}: its layer '{layer}' is freshly initialised "
@@ -186,7 +212,10 @@ class StageContext(Recording, TeacherCaching):
                                         "first (init from these weights) and name that stage")
             model.eval()
             with torch.no_grad():
-                outputs = model(self.example())
+                try:
+                    outputs = model(self.example())
+                except PipelineError as exc:
+                    raise self.config_error(("models", ref, "preprocess"), str(exc)) from None
             width = outputs.shape[-1] if outputs.ndim == 2 else None
             if width != self.info.num_classes:
                 shape = f"{width} classes" if width is not None else f"shape {tuple(outputs.shape)}"
@@ -240,10 +269,14 @@ class StageContext(Recording, TeacherCaching):
                        device=self.device, placement=self.runtime.data_placement,
                        workers=self.runtime.loader_workers, **kwargs)
 
-    def example(self, data: ImageSet | None = None, n: int = 2) -> torch.Tensor:
-        """A normalised batch of ``n`` training images, for probing shapes."""
+    def example(self, data: ImageSet | None = None, n: int = 2, *, pipeline: ModelInput | None = None) -> torch.Tensor:
+        """A batch of ``n`` training images in the data's form (or as ``pipeline`` takes them), for probing."""
         data = data if data is not None else self.splits.labeled
         rows = torch.arange(min(n, len(data)))
+        images = data.subset(rows).images
+        images = images if isinstance(images, torch.Tensor) else images[torch.arange(len(rows))]  # a pool: read
+        if pipeline is not None:
+            return pipeline.from_raw(images)
         batches = Batches(data.subset(rows), n, shuffle=False, mean=self.info.mean, std=self.info.std)
         return next(iter(batches))[0]
 
@@ -286,7 +319,8 @@ class StageContext(Recording, TeacherCaching):
         table = score_pool(model, pool, self.cache_root() / "scores",
                            channels=self.info.in_channels, size=self.info.image_size, top_p=top_p,
                            batch_size=batch_size, mean=self.info.mean, std=self.info.std, runtime=self.runtime,
-                           chunk_size=chunk_size, teacher=teacher)
+                           chunk_size=chunk_size, teacher=teacher,
+                           pipeline=model.pipeline.record(self.info).to_dict() if isinstance(model, WithInput) else None)
         skipped = table.skipped()
         self.log_table(skipped, f"{name}/skipped.csv")
         self.tracker.log_dict(self.run_id, table.meta, f"{name}/meta.json")
@@ -354,7 +388,7 @@ class StageContext(Recording, TeacherCaching):
             self.tracker.set_tags(self.run_id, {"mentor.stopped_early": result.stopped})
             self.tracker.log_metrics(self.run_id, {"stopped.epoch": float(len(result.history))})
         weights = folder / "final.pt"
-        model = getattr(task.model, "_orig_mod", task.model)
+        model = getattr(task.model, "_orig_mod", task.model)  # its pipeline stays: the figures score it as used
         if cfg.keep == "best" and result.best_state is not None:  # the weights the best.* metrics measured
             checkpoint.load_weights(model, result.best_state, f"best epoch of {self.stage.name}")
         kept = result.best if cfg.keep == "best" and result.best_state is not None else result.last
@@ -398,11 +432,12 @@ class StageContext(Recording, TeacherCaching):
         self.log_confusion_matrix(model, f"{prefix}plots/confusion_matrix.png")
         self.tracker.log_file(self.run_id, weights, f"{prefix}checkpoints")
         if export and self.experiment.tracking.log_model:
-            example = self.example(self.splits.test).float().numpy() if len(self.splits.test) else None
-            from .deploy.preprocess import KEY, Preprocess
+            shipped, pipeline = bare(model), self.model_input(model_key)
+            example = self.example(self.splits.test, pipeline=pipeline).numpy() if len(self.splits.test) else None
+            from .deploy.preprocess import KEY
 
-            self.tracker.log_model(self.run_id, model.float().cpu().eval(), f"{self.stage.name}-{model_key}",
-                                   example, metadata={KEY: Preprocess.from_info(self.info).to_dict()})
+            self.tracker.log_model(self.run_id, shipped.float().cpu().eval(), f"{self.stage.name}-{model_key}",
+                                   example, metadata={KEY: pipeline.record(self.info).to_dict()})
             model.to(self.device)
 
     def evaluate(self, model: nn.Module, batch_size: int = 1024) -> dict[str, float]:

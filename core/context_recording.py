@@ -13,6 +13,7 @@ import io
 import polars as pl
 
 from .engine.distributed import is_main
+from .model_input import bare
 
 
 class StopRun(Exception):
@@ -64,7 +65,7 @@ class Recording:
         marker = self.dir / f"described-{self.run_id}-{phase or 'fit'}"
         if not is_main() or marker.exists():
             return
-        model = getattr(task.model, "_orig_mod", task.model)
+        model = bare(task.model)
         prefix = f"{phase}." if phase else ""
         spec = self.experiment.models.get(model_key)
         self.tracker.log_params(self.run_id, {f"{prefix}model.key": model_key,

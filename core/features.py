@@ -52,6 +52,8 @@ class FeatureTap(nn.Module):
     def __init__(self, model: nn.Module, nodes: Sequence[str], what: str = "model"):
         super().__init__()
         self.model = model
+        inner = _inner(model)  # a model behind its own input pipeline (mentor.WithInput): its nodes, its input
+        model = inner
         self.nodes = tuple(dict.fromkeys(nodes))
         self._graph = None
         self._hooks: list = []
@@ -85,6 +87,13 @@ class FeatureTap(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        wrapped = self.model is not _inner(self.model)
+        if wrapped:
+            x = self.model.adapt_input(x)
+        logits, features = self._tap(x)
+        return (self.model.adapt_output(logits) if wrapped else logits), features
+
+    def _tap(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._graph is not None:
             self._graph.train(self.model.training)
             out = self._graph(x)
@@ -93,9 +102,14 @@ class FeatureTap(nn.Module):
                 out[self._last] = logits
             return logits, out
         self._captured = {}
-        logits = self.model(x)
+        logits = _inner(self.model)(x)
         features, self._captured = self._captured, {}
         return logits, features
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The model itself, where it sits behind its input pipeline (``WithInput.inner``)."""
+    return model.inner if hasattr(model, "adapt_input") and hasattr(model, "inner") else model
 
 
 @torch.no_grad()
@@ -105,7 +119,7 @@ def probe(model: nn.Module, example: torch.Tensor, nodes: Sequence[str] | None =
     Eval mode keeps BatchNorm statistics untouched; the model's mode is restored.
     """
     if nodes is None:
-        nodes = [n for n in node_names(model) if n != "x"]  # the input placeholder is not an output
+        nodes = [n for n in node_names(_inner(model)) if n != "x"]  # the input placeholder is not an output
     was_training = model.training
     model.eval()
     try:

@@ -97,8 +97,10 @@ class ScoresTable:
 
 def score_pool(model: nn.Module, pool: ImagePool, cache: Path, *, channels: int, size: tuple[int, int],
                top_p: int, batch_size: int, mean, std, runtime: Runtime, chunk_size: int = 50_000,
-               teacher: str = "") -> ScoresTable:
+               teacher: str = "", pipeline: dict | None = None) -> ScoresTable:
     """The table of ``model``'s top-``top_p`` over ``pool``: found under ``cache``, resumed, or scored.
+
+    ``pipeline``: the model's own input pipeline where it is not the data's (part of the key).
 
     ``teacher`` describes the teacher for people (a stage, a URI); it is
     recorded but not part of the key, which uses the weights themselves.
@@ -107,6 +109,8 @@ def score_pool(model: nn.Module, pool: ImagePool, cache: Path, *, channels: int,
     meta = {"teacher_sha256": weights_sha256(model), "pool": pool_fingerprint(pool), "top_p": top_p,
             "image_size": list(size), "channels": channels, "mean": [float(m) for m in mean],
             "std": [float(s) for s in std], "precision": precision, "scoring_version": SCORING_VERSION}
+    if pipeline is not None:
+        meta["pipeline"] = pipeline
     folder = Path(cache) / table_key(meta)
     meta_file = folder / "meta.json"
 

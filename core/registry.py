@@ -49,6 +49,9 @@ class Component:
     description: str
     plugin: str  # the plugin module's registered name
     package: str  # the distribution that ships it ("mentor" for built-ins)
+    # a model's own input pipeline where its params imply one (pretrained weights and their transforms):
+    # preprocess(**params) -> {image_size, channels, mean, std, classes} (any of them) or None
+    preprocess: Callable[..., dict | None] | None = None
 
     @property
     def takes_image_size(self) -> bool:
@@ -66,6 +69,10 @@ class Component:
         if self.takes_image_size and "image_size" not in params:
             params["image_size"] = tuple(image_size)
         return self.factory(num_classes, in_channels, **params)
+
+    def input_pipeline(self, **params) -> dict | None:
+        """The input pipeline that ``params`` imply (pretrained weights' transforms), or None."""
+        return self.preprocess(**params) if self.preprocess is not None else None
 
     def build(self, *args, **params):
         """Validate ``params`` with the component's model and call its factory."""
@@ -108,7 +115,8 @@ class Registry:
         """The ``register`` callback handed to one plugin's registration hook."""
 
         def register(name: str, factory: Callable[..., Any], params: type[BaseModel] | None = None,
-                     description: str | None = None) -> None:
+                     description: str | None = None, *, preprocess: Callable[..., dict | None] | None = None
+                     ) -> None:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"plugin {plugin}: component names must be non-empty strings")
             if params is None:
@@ -118,7 +126,9 @@ class Registry:
             if description is None:
                 doc = inspect.getdoc(factory) or ""
                 description = doc.splitlines()[0] if doc else ""
-            component = Component(kind, name, factory, params, description, plugin, package)
+            if preprocess is not None and kind != "model":
+                raise TypeError(f"plugin {plugin}: only a model may register a preprocess function ('{name}')")
+            component = Component(kind, name, factory, params, description, plugin, package, preprocess)
             if kind == "model" and "image_size" in params.model_fields and component.takes_image_size:
                 warnings.warn(
                     f"plugin {plugin} (package {package}), model '{name}': its params model declares image_size, "

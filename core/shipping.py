@@ -20,14 +20,13 @@ from torch import nn
 
 from .config.loader import references, trained_model_key
 from .context import RunState, StageContext, StageResult
-from .data.loader import Batches
 from .deploy import measure
 from .deploy import report as report_table
 from .deploy.mlflow_models import RegistryConflict, check_registrable, log_onnx_model, register
 from .deploy.onnx_export import ExportError, OnnxModel, check_onnx, export_onnx, onnx_accuracy
-from .deploy.preprocess import Preprocess
 from .deploy.quantize import quantize_int8
 from .engine import checkpoint, distributed
+from .model_input import ModelBatches, ModelInput, bare
 from .pool_scores import weights_sha256
 from .tracking.tracker import NullTracker
 
@@ -37,26 +36,36 @@ __all__ = ["ExportError", "RegistryConflict", "check_register", "compression_rep
 
 def kept_model(ctx: StageContext, result: StageResult) -> nn.Module:
     """The model a finished stage kept (its weights file), or the one it used as is (an ``evaluate``
-    of a ``models`` key), on the CPU in eval mode."""
+    of a ``models`` key), on the CPU in eval mode, as it ships: without its input pipeline in front
+    (``shipped_input`` is that pipeline)."""
     if result.model_key is None:
         raise ValueError(f"stage '{result.stage}' has no model")
     model = ctx.build_model(result.model_key)
     if result.weights:
         checkpoint.load_weights(model, checkpoint.load(result.weights), f"weights of stage '{result.stage}'")
-    return model.float().cpu().eval()
+    return bare(model).float().cpu().eval()
 
 
-def architecture(experiment, key: str, model: nn.Module, info) -> str:
+def shipped_input(ctx: StageContext, key: str) -> ModelInput:
+    """What a shipped ``models[key]`` takes: its own pipeline (the data's, unless it has another)."""
+    return ctx.model_input(key)
+
+
+def architecture(experiment, key: str, model: nn.Module, info, pipeline: ModelInput | None = None) -> str:
     """What must match for two models to share a registered name: component, params (not weights),
-    classes and channels."""
+    classes and channels (its own pipeline's, where it has one)."""
     spec = experiment.models[key]
     params = {k: v for k, v in spec.params.items() if k != "weights"}
+    model = bare(model)
     name = spec.name or f"module:{type(model).__module__}.{type(model).__qualname__}"
-    return f"{name} {json.dumps(params, sort_keys=True)} ({info.num_classes} classes, {info.in_channels} channels)"
+    pipeline = pipeline or ModelInput.of_data(info)
+    return f"{name} {json.dumps(params, sort_keys=True)} ({pipeline.num_classes(info)} classes, " \
+        f"{pipeline.channels} channels)"
 
 
-def _cpu_batches(ctx: StageContext, data, batch_size: int = 256):
-    return Batches(data, batch_size, shuffle=False, mean=ctx.info.mean, std=ctx.info.std)
+def _cpu_batches(ctx: StageContext, data, pipeline: ModelInput, batch_size: int = 256):
+    """Batches as a shipped model takes them (its own input, labels in its class order)."""
+    return ModelBatches(data, batch_size, pipeline, ctx.info, shuffle=False)
 
 
 def _take(data, n: int):
@@ -78,23 +87,24 @@ def export_stage(ctx: StageContext, result: StageResult) -> dict:
         done = json.loads(record_file.read_text())
         if done.get("weights_sha256") == digest:
             return done
-    preprocess = Preprocess.from_info(ctx.info)
+    pipeline = shipped_input(ctx, result.model_key)
+    preprocess = pipeline.record(ctx.info)
     test = ctx.splits.test
     if not len(test):
         raise ctx.config_error(where, "export checks the ONNX model on test images, and the test split is empty")
-    example = ctx.example(test)
+    example = ctx.example(test, pipeline=pipeline)
     try:
         onnx_path = export_onnx(model, example, folder / "model.onnx", preprocess, opset=cfg.opset)
     except ExportError as exc:
         raise ctx.config_error(where, f"stage '{ctx.stage.name}': {exc}; the stage's other artifacts are "
                                "logged: remove `export` or change the model") from None
     session = OnnxModel(onnx_path)
-    check = check_onnx(session, model, _cpu_batches(ctx, _take(test, cfg.check_images)))
+    check = check_onnx(session, model, _cpu_batches(ctx, _take(test, cfg.check_images), pipeline))
     if check["max_abs_diff"] > cfg.tolerance:
         raise ctx.config_error(where, f"stage '{ctx.stage.name}': ONNX Runtime's logits differ from PyTorch's by "
                                f"up to {check['max_abs_diff']:.3g} (tolerance {cfg.tolerance:g}) on "
                                f"{int(check['images'])} test images")
-    fp32_accuracy = onnx_accuracy(session, _cpu_batches(ctx, test))
+    fp32_accuracy = onnx_accuracy(session, _cpu_batches(ctx, test, pipeline))
     metrics = {"export.onnx.max_abs_diff": check["max_abs_diff"],
                "export.onnx.top1_agreement": check["top1_agreement"],
                "export.onnx.test.accuracy": fp32_accuracy, "export.onnx.size_mb": measure.file_mb(onnx_path)}
@@ -107,9 +117,10 @@ def export_stage(ctx: StageContext, result: StageResult) -> dict:
     record["onnx_model_uri"] = _log(ctx, lambda uri, run: log_onnx_model(
         uri, run, onnx_path, f"{name}-onnx", array, logits, preprocess))
     if cfg.int8:
-        calibration = (x for x, _ in _cpu_batches(ctx, _take(ctx.splits.labeled, cfg.calibration_images), 32))
+        calibration = (x for x, _ in _cpu_batches(ctx, _take(ctx.splits.labeled, cfg.calibration_images), pipeline,
+                                                   32))
         int8_path = quantize_int8(onnx_path, folder / "model.int8.onnx", calibration)
-        int8_accuracy = onnx_accuracy(OnnxModel(int8_path), _cpu_batches(ctx, test))
+        int8_accuracy = onnx_accuracy(OnnxModel(int8_path), _cpu_batches(ctx, test, pipeline))
         drop = fp32_accuracy - int8_accuracy
         metrics.update({"export.int8.test.accuracy": int8_accuracy, "export.int8.accuracy_drop": drop,
                         "export.int8.size_mb": measure.file_mb(int8_path)})
@@ -244,13 +255,14 @@ def compression_report(state: RunState, parent_run_id: str) -> pl.DataFrame | No
 def _measure(ctx: StageContext, entry: _Entry, folder: Path, cfg) -> list[dict]:
     result = StageResult(entry.name, "", entry.key, entry.weights)
     model = kept_model(ctx, result)
-    example = ctx.example(ctx.splits.test if len(ctx.splits.test) else None)
+    pipeline = shipped_input(ctx, entry.key)
+    example = ctx.example(ctx.splits.test if len(ctx.splits.test) else None, pipeline=pipeline)
     flops = measure.flops_per_image(model, example)
     base = {"model": entry.name, "role": entry.role, "parameters": float(measure.parameters(model)),
             "mflops": flops / 1e6}
     batch = cfg.throughput_batch
     test = ctx.splits.test
-    accuracy = _torch_accuracy(model, _cpu_batches(ctx, test)) if len(test) else None
+    accuracy = _torch_accuracy(model, _cpu_batches(ctx, test, pipeline)) if len(test) else None
     rows = [{**base, "format": "pytorch fp32", "size_mb": _state_dict_mb(model), "test_accuracy": accuracy,
              **measure.latency(measure.torch_runner(model), example, batch, warmup=cfg.warmup,
                                repeats=cfg.repeats)}]
@@ -258,7 +270,7 @@ def _measure(ctx: StageContext, entry: _Entry, folder: Path, cfg) -> list[dict]:
     onnx_path, note = export.get("onnx"), ""
     if onnx_path is None or not Path(onnx_path).is_file():
         try:
-            onnx_path = export_onnx(model, example, folder / f"{entry.name}.onnx", Preprocess.from_info(ctx.info))
+            onnx_path = export_onnx(model, example, folder / f"{entry.name}.onnx", pipeline.record(ctx.info))
         except ExportError as exc:
             onnx_path, note = None, str(exc)
         onnx_accuracy_value = None
@@ -275,7 +287,7 @@ def _measure(ctx: StageContext, entry: _Entry, folder: Path, cfg) -> list[dict]:
             continue
         session = OnnxModel(path, threads=cfg.threads or torch.get_num_threads())
         found = known_accuracy if known_accuracy is not None else (
-            onnx_accuracy(session, _cpu_batches(ctx, test)) if len(test) else None)
+            onnx_accuracy(session, _cpu_batches(ctx, test, pipeline)) if len(test) else None)
         rows.append({**base, "format": fmt, "size_mb": measure.file_mb(path), "test_accuracy": found,
                      "note": row_note, **measure.latency(session.logits, example, batch, warmup=cfg.warmup,
                                                          repeats=cfg.repeats)})
@@ -295,10 +307,11 @@ def check_register(state: RunState) -> None:
         return
     stage = next(s for s in exp.stages if s.name == register_stage(exp))
     key = trained_model_key(stage)
-    model = StageContext(state, 0).build_model(key)
+    ctx = StageContext(state, 0)
+    model = ctx.build_model(key)
     try:
         check_registrable(state.tracker.client, exp.tracking.register.name,
-                          architecture(exp, key, model, state.splits.info))
+                          architecture(exp, key, model, state.splits.info, ctx.model_input(key)))
     except RegistryConflict as exc:
         from .config.errors import located_error
 
@@ -321,15 +334,17 @@ def register_student(state: RunState, parent_run_id: str, stage_run_id: str) -> 
     index = next(i for i, s in enumerate(exp.stages) if s.name == stage_name)
     ctx = StageContext(state, index)
     model = kept_model(ctx, result)
+    pipeline = shipped_input(ctx, result.model_key)
     record = ctx.dir / "export" / "export.json"
     onnx_path = json.loads(record.read_text())["onnx"] if record.is_file() else None
     metrics = {k: f"{v:.6g}" for k, v in result.metrics.items() if k.startswith("kept.")}
     tags = {"mentor.experiment": exp.name, "mentor.stage": stage_name, "mentor.run_id": parent_run_id,
             "mentor.stage_run_id": stage_run_id, **{f"mentor.{k}": v for k, v in metrics.items()}}
     version = register(state.tracker.uri, stage_run_id, model, cfg.name,
-                       architecture=architecture(exp, result.model_key, model, state.splits.info),
-                       example=ctx.example(ctx.splits.test if len(ctx.splits.test) else None).float().numpy(),
-                       preprocess=Preprocess.from_info(ctx.info), onnx_path=Path(onnx_path) if onnx_path else None,
+                       architecture=architecture(exp, result.model_key, model, state.splits.info, pipeline),
+                       example=ctx.example(ctx.splits.test if len(ctx.splits.test) else None,
+                                           pipeline=pipeline).float().numpy(),
+                       preprocess=pipeline.record(ctx.info), onnx_path=Path(onnx_path) if onnx_path else None,
                        tags=tags, description=f"mentor: stage {stage_name} of experiment {exp.name}")
     uri = f"models:/{cfg.name}/{version.version}"
     state.tracker.set_tags(parent_run_id, {"mentor.registered": uri})

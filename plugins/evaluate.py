@@ -46,12 +46,15 @@ def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
     split = "val" if "val/accuracy" in metrics else "test"
     accuracy = metrics.get(f"{split}/accuracy")
     if accuracy is not None and near_chance(accuracy, ctx.info.num_classes):
+        earlier = ctx.results.get(stage.model)
+        key = earlier.model_key if earlier is not None and earlier.model_key else stage.model
+        pipeline = ctx.model_input(key)
         ctx.warn(f"{stage.model} scores {accuracy:.4f} on {split}, near chance ({1 / ctx.info.num_classes:.4f} for "
-                 f"{ctx.info.num_classes} classes). First suspect: its preprocessing. It is fed the data's "
-                 f"images at {ctx.info.image_size[0]}x{ctx.info.image_size[1]}, normalised with the data's mean "
-                 f"{_short(ctx.info.mean)} and std {_short(ctx.info.std)}; a model trained with other statistics "
-                 "(ImageNet's) or another size scores like this. Then: its class order (output i must be the "
-                 "data's class i) and its checkpoint. docs/own_teacher.md")
+                 f"{ctx.info.num_classes} classes). First suspect: its preprocessing. It is fed "
+                 f"{pipeline.describe()}; a model trained with other statistics (ImageNet's) or another size "
+                 f"scores like this: state what it was trained with in models.{key}.preprocess (image_size, "
+                 "channels, mean, std). Then: its class order (preprocess.classes: the class of each output, in "
+                 "its order) and its checkpoint. docs/own_teacher.md")
     summary = {summary_name(when, k): metrics[k] for when in ("best", "last") for k in SUMMARY_KEYS if k in metrics}
     ctx.log_metrics({**metrics, **model_size(model)}, step=0)
     ctx.log_metrics(summary, step=0)
@@ -60,10 +63,6 @@ def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
     weights = earlier.weights if earlier is not None else None  # an earlier stage's, or the entry's own
     return StageResult(stage.name, stage.kind, model_key=teacher_model_key(ctx.experiment, stage.model),
                        weights=weights, metrics={**summary, **model_size(model)})
-
-
-def _short(values) -> str:
-    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
 @hookimpl

@@ -141,8 +141,9 @@ def test_an_evaluated_teacher_near_chance_is_a_warning_naming_the_preprocessing(
     err = capsys.readouterr().err
     assert results["score_blind"].metrics["last.val.accuracy"] == pytest.approx(0.25)
     assert "[score_blind] warning: blind scores 0.2500 on val, near chance (0.2500 for 4 classes). First " \
-           "suspect: its preprocessing. It is fed the data's images at 8x8, normalised with the data's mean " \
-           "(0.300) and std (0.300)" in err
+           "suspect: its preprocessing. It is fed 1 channel, 8x8, mean [0.3], std [0.3] (data); a model trained " \
+           "with other statistics (ImageNet's) or another size scores like this: state what it was trained with " \
+           "in models.blind.preprocess (image_size, channels, mean, std)." in err
     assert results["score_trained"].metrics["last.val.accuracy"] > 0.5 and "[score_trained] warning" not in err
     client = MlflowClient(tracking_uri(None))
     runs = {r.data.tags["mentor.stage"]: r for r in client.search_runs(

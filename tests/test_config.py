@@ -196,5 +196,9 @@ def test_every_shipped_experiment_file_validates(path, plugins, tmp_path):
             model = plugins.registry.get("model", spec["name"]).factory(10, 1, **ModelSpec(**spec).params)
             torch.save(model.state_dict(), tmp_path / f"{key}.pt")
             overrides.append(f"models.{key}.checkpoint={tmp_path / f'{key}.pt'}")
+    unlabeled = (yaml.safe_load(path.read_text()).get("data") or {}).get("unlabeled")
+    if unlabeled and not (path.parent / unlabeled["params"]["path"]).exists():  # a folder the header makes
+        (tmp_path / "pool").mkdir()
+        overrides.append(f"data.unlabeled.params.path={tmp_path / 'pool'}")
     experiment = load_experiment(path, overrides, plugins.registry)
     assert experiment.stages, f"{path} has no stages"

@@ -21,7 +21,7 @@ from mentor_plugins.models.torchvision_models import adapt_first_conv
 def _collect() -> dict[str, tuple]:
     found: dict[str, tuple] = {}
 
-    def register(name, factory, params=None, description=None):
+    def register(name, factory, params=None, description=None, preprocess=None):
         assert name not in found, f"{name} registered twice"
         found[name] = (factory, params, description)
 

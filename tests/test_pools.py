@@ -82,6 +82,10 @@ def test_data_unlabeled_is_validated_with_did_you_mean(write_yaml, tiny_config, 
     assert found["data.unlabeled.source"].line is not None
     tiny_config["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": "x"}}
     path = write_yaml(tiny_config)
+    with pytest.raises(ConfigError, match=r"data.unlabeled.params.path: no such file or folder: .*x \(a relative path "
+                       "is read from the experiment file's folder\)"):
+        load_experiment(path, registry=plugins.registry)  # validate names a folder that is not there
+    (path.parent / "x").mkdir()
     exp = load_experiment(path, registry=plugins.registry)
     assert exp.data.unlabeled.params == {"path": str((path.parent / "x").resolve())}  # from the file's folder
 
@@ -238,6 +242,7 @@ def test_a_relative_pool_path_is_read_from_the_experiment_files_folder(plugins, 
     monkeypatch.chdir(elsewhere)
     exp = load_experiment(path, registry=plugins.registry)
     assert exp.data.unlabeled.params["path"] == str(pool_folder.resolve())
+    (elsewhere / "pool").mkdir()
     exp = load_experiment(path, ["data.unlabeled.params.path=pool"], registry=plugins.registry)
     assert exp.data.unlabeled.params["path"] == str((elsewhere / "pool").resolve())
 

@@ -202,6 +202,10 @@ def _check_components(obj, registry: Registry, doc: Document | None, report, bas
         for field in path_fields(table[name].params):  # relative: from the experiment file's folder
             if isinstance(spec.params.get(field), str):
                 spec.params[field] = str(_resolve_path(spec.params[field], doc, path + ("params", field)))
+                if spec.kind in ("data_source", "unlabeled_source") and not spec.params.get("download") \
+                        and not Path(spec.params[field]).exists():  # data read, not written: it must be there
+                    report(path + ("params", field), f"no such file or folder: {spec.params[field]} (a relative "
+                           "path is read from the experiment file's folder)")
 
 
 def resolve(experiment, registry: Registry, doc: Document | None = None) -> list[Problem]:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from ..params import Params
+from .preprocess_schema import PreprocessSpec
 from .search import SearchConfig
 from .shipping_schema import ExportConfig, ReportConfig  # noqa: F401 (kept in modules of their own)
 from .teacher_cache_schema import TeacherCacheConfig, TeacherCacheOption, exact_cache  # noqa: F401
@@ -112,6 +113,10 @@ class ModelSpec(ComponentSpec):
     weights: str | None = Field(
         default=None, description="pretrained weights of the model component (e.g. torchvision's DEFAULT or "
         "ResNet18_Weights.IMAGENET1K_V1); the same as params.weights")
+    preprocess: PreprocessSpec | None = Field(
+        default=None, description="the input pipeline the model was trained with (size, channels, mean, std, "
+        "class order), where it is not the data's own: a teacher trained elsewhere (docs/own_teacher.md); "
+        "default: its weights' transforms, its recorded pipeline (uri), else the data's")
 
     @model_validator(mode="after")
     def _one_weight_source(self):

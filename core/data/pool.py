@@ -53,24 +53,30 @@ def read_image(path: str) -> torch.Tensor:
 
 def convert(image: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
     """``image`` (uint8 [C, H, W]) in ``channels`` and ``size`` by the module's rules."""
-    if image.shape[0] in (2, 4):  # drop alpha
-        image = image[:-1]
-    if channels == 1 and image.shape[0] == 3:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-        image = (image.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    elif channels == 3 and image.shape[0] == 1:
-        image = image.expand(3, -1, -1)
-    if image.shape[0] != channels:
-        raise ValueError(f"cannot convert {image.shape[0]} channels to {channels}")
+    return convert_batch(image[None], channels, size)[0]
+
+
+def convert_batch(images: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` in ``channels`` and ``size`` by the module's rules (a model's own input
+    pipeline applies them to the data's batches: ``mentor.model_input``)."""
+    if images.shape[1] in (2, 4):  # drop alpha
+        images = images[:, :-1]
+    if channels == 1 and images.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    elif channels == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[1] != channels:
+        raise ValueError(f"cannot convert {images.shape[1]} channels to {channels}")
     height, width = size
-    h, w = image.shape[1:]
+    h, w = images.shape[2:]
     if (h, w) != (height, width):
         scale = max(height / h, width / w)
         new = (max(height, round(h * scale)), max(width, round(w * scale)))
-        x = F.interpolate(image[None].float(), size=new, mode="bilinear", antialias=True, align_corners=False)[0]
+        x = F.interpolate(images.float(), size=new, mode="bilinear", antialias=True, align_corners=False)
         top, left = (new[0] - height) // 2, (new[1] - width) // 2
-        image = x[:, top:top + height, left:left + width].round().clamp(0, 255).to(torch.uint8)
-    return image.contiguous()
+        images = x[:, :, top:top + height, left:left + width].round().clamp(0, 255).to(torch.uint8)
+    return images.contiguous()
 
 
 @dataclass

@@ -60,8 +60,11 @@ def _say(message: str) -> None:
 def open_cache(teacher: nn.Module, images: torch.Tensor, *, config: TeacherCacheConfig, augment: BatchAugment,
                augment_record: dict, nodes: list[str], feature_shapes: dict[str, tuple[int, ...]], classes: int,
                root: Path, origin: str, teacher_label: str, mean, std, runtime: Runtime, batch_size: int,
-               stage_seed: int) -> TeacherCache | str:
+               stage_seed: int, pipeline: dict | None = None) -> TeacherCache | str:
     """The cache of ``teacher`` over recorded views of ``images``: found, resumed or built under ``root``.
+
+    ``pipeline``: the teacher's own input pipeline where it is not the data's (part of the key: the same
+    weights fed another way give other outputs).
 
     Returns the ``TeacherCache`` a step reads, or, when the cache would exceed
     ``config.max_gb``, the reason it is not built (the teacher then runs live).
@@ -74,6 +77,8 @@ def open_cache(teacher: nn.Module, images: torch.Tensor, *, config: TeacherCache
               "augment": augment_record if augment.active else None, "views": views, "seed": config.seed,
               "nodes": list(nodes), "classes": classes, "store": store, "top_k": top_k, "precision": precision,
               "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if pipeline is not None:
+        record["pipeline"] = pipeline
     arrays = layout(views, len(images), classes, store, record["top_k"], feature_shapes)
     total = sum(a.nbytes for a in arrays.values())
     if total > config.max_gb * 1e9:

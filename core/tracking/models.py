@@ -28,6 +28,19 @@ class ModelNotFound(Exception):
     """An MLflow model URI names no model in the store (unknown run, path, name, version or alias)."""
 
 
+def logged_preprocess(uri: str, configured_store: str | None = None) -> dict | None:
+    """The input pipeline recorded with a logged model (its ``mentor.preprocess`` metadata), or None."""
+    import mlflow.models
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with no_download_bar(), fluent_tracking_uri(tracking_uri(configured_store)):
+            metadata = mlflow.models.get_model_info(uri).metadata or {}
+    except (MlflowException, OSError, ValueError):
+        return None  # loading the model itself says what is wrong with the uri
+    return metadata.get("mentor.preprocess")
+
+
 def load_logged_model(uri: str, configured_store: str | None = None):
     """``mlflow.pytorch.load_model(uri)`` against the experiment's tracking store (the registry too).
 

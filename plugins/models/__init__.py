@@ -14,7 +14,7 @@ from mentor import hookimpl
 from . import cifar_resnet, small_cnn, vgg, wrn
 from .cifar_resnet import ResNetParams
 from .small_cnn import CNN5Params, SmallCNNParams
-from .torchvision_models import TorchvisionParams, torchvision_model
+from .torchvision_models import TorchvisionParams, torchvision_model, torchvision_preprocess
 from .vgg import VGGParams
 from .wrn import WideResNetParams
 
@@ -44,4 +44,4 @@ def register_models(register):
     register("cnn5", small_cnn.cnn5, params=CNN5Params,
              description=_first_line(small_cnn.cnn5))
     register("torchvision", torchvision_model, params=TorchvisionParams,
-             description=_first_line(torchvision_model))
+             description=_first_line(torchvision_model), preprocess=torchvision_preprocess)

@@ -195,6 +195,16 @@ def drop_aux_heads(model: nn.Module) -> None:
                 setattr(model, name, None)
 
 
+def torchvision_preprocess(arch: str, weights: str | None = None, kwargs: dict[str, Any] | None = None) -> dict | None:
+    """With pretrained weights, the input they were trained with (``weights.transforms()``: its crop size,
+    RGB, ImageNet's mean and std) is the model's own pipeline; without, the data's."""
+    if weights is None:
+        return None
+    transforms = _weights_enum(arch)[weights].transforms()
+    return {"image_size": int(transforms.crop_size[0]), "channels": 3,
+            "mean": [float(m) for m in transforms.mean], "std": [float(s) for s in transforms.std]}
+
+
 def torchvision_model(num_classes: int, in_channels: int, arch: str, weights: str | None = None,
                       kwargs: dict[str, Any] | None = None) -> nn.Module:
     """Any torchvision classification model, adapted to the data's classes and channels."""
