@@ -30,7 +30,6 @@ from .context import RunState, StageContext, StageResult
 from .context_recording import StopRun
 from .data.augment import BatchAugment
 from .data.loader import Batches
-from .model_input import ModelBatches, ModelInput, PipelineError, WithInput
 from .data.pool import IMAGE_EXTENSIONS, ImagePool, PoolImages, find_images
 from .data.splits import UnlabeledImages, derive_seed
 from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
@@ -44,6 +43,7 @@ from .engine.runtime import Runtime, autocast
 from .features import FeatureError, FeatureTap, probe
 from .hookspecs import hookimpl
 from .losses import INDEX, LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
+from .model_input import ModelBatches, ModelInput, PipelineError, WithInput
 from .params import FilePath, NoParams, Params
 from .pseudo_labels import pool_diagnostics, soft_targets
 from .registry import unknown_name_message

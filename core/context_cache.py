@@ -18,7 +18,7 @@ from .data.types import ImageSet
 from .engine import checkpoint, distributed
 from .engine.loop import batch_augment
 from .features import probe
-from .model_input import WithInput
+from .model_input import own_pipeline
 from .teacher_cache import TeacherCache, open_cache
 
 
@@ -69,7 +69,7 @@ class TeacherCaching:
                 classes=self.info.num_classes, root=self.cache_root() / "teacher",
                 origin=f"{self.experiment.name}/{self.stage.name}", teacher_label=label, mean=self.info.mean,
                 std=self.info.std, runtime=self.runtime, batch_size=cfg.eval_batch_size, stage_seed=self.seed,
-                pipeline=teacher.pipeline.record(self.info).to_dict() if isinstance(teacher, WithInput) else None)
+                pipeline=own_pipeline(teacher, self.info))
             if isinstance(cache, str):
                 reason, cache = cache, None
         if cache is None:

@@ -216,6 +216,12 @@ def pipeline_of(model: nn.Module, info: DataInfo) -> ModelInput:
     return model.pipeline if isinstance(model, WithInput) else ModelInput.of_data(info)
 
 
+def own_pipeline(model: nn.Module, info: DataInfo) -> dict | None:
+    """The record of a model's own pipeline where it is not the data's (None): what keys its caches."""
+    model = getattr(model, "_orig_mod", model)
+    return model.pipeline.record(info).to_dict() if isinstance(model, WithInput) else None
+
+
 def with_input(model: nn.Module, pipeline: ModelInput, info: DataInfo) -> nn.Module:
     """``model`` behind ``pipeline``, or itself where the pipeline is the data's."""
     return model if pipeline.is_data_form(info) else WithInput(model, pipeline, info)

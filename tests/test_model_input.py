@@ -54,6 +54,21 @@ def test_the_datas_own_pipeline_leaves_the_model_unwrapped():
     assert with_input(model, same_order, INFO) is model
 
 
+def test_a_shipped_model_with_the_datas_pipeline_is_checked_on_the_very_same_batches():
+    from mentor import Batches, ImageSet, ModelBatches
+
+    raw = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    data = ImageSet(raw, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]))
+    plain = list(Batches(data, 4, shuffle=False, mean=INFO.mean, std=INFO.std))
+    own = list(ModelBatches(data, 4, ModelInput.of_data(INFO), INFO, shuffle=False))
+    assert len(plain) == len(own) == 3
+    for (x, y), (x2, y2) in zip(plain, own, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)  # bit for bit: export and report figures unchanged
+    reordered = ModelInput.of_data(INFO).stated({"classes": ["cat", "ant", "bee"]}, "experiment file")
+    _, labels = next(iter(ModelBatches(data, 10, reordered, INFO, shuffle=False)))
+    assert labels.tolist() == [1, 2, 0, 1, 2, 0, 1, 2, 0, 1]  # each label as the model's own output column
+
+
 def test_raw_pixels_come_back_exactly_from_a_normalised_batch():
     raw = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     raw[0, :, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)

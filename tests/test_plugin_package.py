@@ -208,4 +208,7 @@ def test_a_missing_npz_is_a_located_error_with_exit_2(site, tmp_path):
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(EXPERIMENT, sort_keys=False))
     result = mentor_cli(site, "run", "experiment.yaml", cwd=tmp_path)
     assert result.returncode == 2
-    assert f"no .npz file at {tmp_path / 'data.npz'}" in result.stderr and "Traceback" not in result.stderr
+    # seen by validation, before any run exists: the file, line and field of the third-party source's path
+    assert f"experiment.yaml:6:5: data.params.path: no such file or folder: {tmp_path / 'data.npz'}" in \
+        result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlruns").exists()
