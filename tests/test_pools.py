@@ -83,7 +83,7 @@ def test_data_unlabeled_is_validated_with_did_you_mean(write_yaml, tiny_config, 
     tiny_config["data"]["unlabeled"] = {"source": "image_folder", "params": {"path": "x"}}
     path = write_yaml(tiny_config)
     with pytest.raises(ConfigError, match=r"data.unlabeled.params.path: no such file or folder: .*x \(a relative path "
-                       "is read from the experiment file's folder\)"):
+                       r"is read from the experiment file's folder\)"):
         load_experiment(path, registry=plugins.registry)  # validate names a folder that is not there
     (path.parent / "x").mkdir()
     exp = load_experiment(path, registry=plugins.registry)

@@ -347,6 +347,9 @@ class EngineConfig(Params):
         "most half the GPU's free memory")
     loader_workers: int = Field(default=2, ge=0, description="DataLoader worker processes for data held on the host")
     deterministic: bool = Field(default=True, description="deterministic kernels on CPU")
+    keep_host_memory: bool = Field(
+        default=True, description="on the CPU, keep freed memory for the next step instead of returning it to the "
+        "system (glibc's mallopt): page faults were a tenth of a CPU step; false returns it")
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
 
 

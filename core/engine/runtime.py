@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .host_memory import keep_freed_memory
+
 
 @dataclass
 class Runtime:
@@ -33,8 +35,11 @@ def choose_runtime(engine) -> Runtime:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    elif engine.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        if engine.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if engine.keep_host_memory:
+            keep_freed_memory()
     return Runtime(device, torch.bfloat16 if bf16 else None, channels_last, engine.compile, engine.progress,
                    engine.data_placement, engine.loader_workers)
 

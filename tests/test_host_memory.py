@@ -1,0 +1,40 @@
+"""On the CPU, freed blocks are kept for the next step: a run does not fault its memory back in each step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import resource, sys, torch
+if sys.argv[1] != "default":
+    from mentor.config.schema import EngineConfig
+    from mentor.engine.runtime import choose_runtime
+    choose_runtime(EngineConfig(device="cpu", keep_host_memory=sys.argv[1] == "keep"))  # a CPU run's start
+for i in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.ones(2 * 1024 * 1024) for _ in range(16)]  # 16 x 8 MB: a forward's activations
+    del blocks
+    if i == 5:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def faults(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_cpu_run_keeps_freed_blocks_instead_of_faulting_them_back_in():
+    """`engine.keep_host_memory` on (the default) against off, each at the start of a fresh process."""
+    pages = 16 * 8 * 1024 * 1024 // 4096
+    assert faults("off") >= pages // 4  # glibc returns the freed heap top: its pages fault in again
+    assert faults("keep") < pages // 50  # kept in the heap: the same pages again
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_without_mentor_a_process_faults_them_in_too():
+    assert faults("default") >= 16 * 8 * 1024 * 1024 // 4096 // 4
