@@ -68,7 +68,7 @@ class TeacherCaching:
                 feature_shapes={node: tuple(shape[1:]) for node, shape in shapes.items()},
                 classes=self.info.num_classes, root=self.cache_root() / "teacher",
                 origin=f"{self.experiment.name}/{self.stage.name}", teacher_label=label, mean=self.info.mean,
-                std=self.info.std, runtime=self.runtime, batch_size=cfg.eval_batch_size, stage_seed=self.seed,
+                std=self.info.std, runtime=self.runtime, batch_size=self._build_batch(cfg), stage_seed=self.seed,
                 pipeline=own_pipeline(teacher, self.info))
             if isinstance(cache, str):
                 reason, cache = cache, None
@@ -78,6 +78,12 @@ class TeacherCaching:
             return None
         self._record_cache(cache)
         return cache
+
+    def _build_batch(self, cfg: TrainingConfig) -> int:
+        """The teacher's batch while it builds: the evaluation batch on a GPU; on the CPU the training batch,
+        the live step's own, since a larger one's activations are handed back to the system and faulted in
+        again at every forward (resnet32x4: 17.5 ms an image at 1,024 against 11.0 at 64, same outputs)."""
+        return cfg.eval_batch_size if self.runtime.device.type == "cuda" else cfg.batch_size
 
     def _record_cache(self, cache: TeacherCache) -> None:
         """The cache's identity on the stage's run. What the stage found when it first began is kept in its
