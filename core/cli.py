@@ -129,7 +129,7 @@ def cmd_predict(args) -> int:
 
     model = load_model(args.model, args.tracking_uri)
     print(f"model: {model.description}", flush=True)
-    summary = predict_images(model, Path(args.images).expanduser(), Path(args.out), top_k=args.top_k,
+    summary = predict_images(model, args.images, Path(args.out), top_k=args.top_k,
                              batch_size=args.batch_size, workers=args.workers, resize=not args.no_resize)
     listed = f", listed in {summary.skipped_file}" if summary.skipped_file else ""
     print(f"{summary.predicted} images -> {summary.out} ({summary.skipped} skipped{listed})")
@@ -174,7 +174,7 @@ examples, one per command:
   mentor compare fashion-quickstart                           rank the stage runs by val/accuracy
   mentor export RUN_ID                                        a stage to ONNX, checked by ONNX Runtime
   mentor bench experiments/quickstart.yaml                    time each stage's training step
-  mentor predict RUN_ID photos/                               top-k classes of image files
+  mentor predict RUN_ID photos/ cat.jpg 'more/*.png'          top-k classes of image files
   mentor ui --experiment fashion-quickstart                   the MLflow UI on mentor's store
 `mentor COMMAND --help` tells more; README.md and docs/ the rest.
 """
@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k classes of image files, preprocessed as the model was trained")
     p.add_argument("model", help="an .onnx file, an MLflow model folder, a runs:/ or models:/ URI, or a run id")
-    p.add_argument("images", help="a folder of images (any depth), or a .parquet/.csv file with a path column")
+    p.add_argument("images", nargs="+", help="image files, folders of images (any depth), glob patterns "
+                   "(quoted: 'photos/**/*.jpg'), or .parquet/.csv files with a path column; as many as you like")
     p.add_argument("--out", default="predictions.parquet", metavar="FILE", help="default predictions.parquet")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (default 5)")
     p.add_argument("--batch-size", type=_positive, default=256, metavar="N")

@@ -119,6 +119,31 @@ def test_relative_paths_of_a_list_are_read_from_its_folder(onnx_file, folder, tm
     listing.unlink()
 
 
+def test_a_single_image_several_files_globs_folders_and_lists_all_work(onnx_file, folder, tmp_path, capsys):
+    g0, g1, rgb = folder / "a" / "g0.png", folder / "a" / "g1.png", folder / "a" / "b" / "rgb.png"
+    out = tmp_path / "p.parquet"
+
+    def predicted(*sources: str) -> list[str]:
+        assert main(["predict", str(onnx_file), *sources, "--out", str(out), "--workers", "0"]) == 0, \
+            capsys.readouterr().err
+        return pl.read_parquet(out)["path"].to_list()
+
+    assert predicted(str(g0)) == [str(g0)]  # one photo, the first thing a user tries
+    assert predicted(str(rgb), str(g0)) == [str(rgb), str(g0)]  # in the order given
+    assert predicted(str(folder / "a" / "g[0-2].png")) == [str(folder / "a" / f"g{i}.png") for i in range(3)]
+    assert predicted(str(folder / "**" / "rgb.png")) == [str(rgb)]  # ** at any depth
+    listing = tmp_path / "list.csv"
+    pl.DataFrame({"path": [str(g1)]}).write_csv(listing)
+    every = predicted(str(g0), str(folder / "a"), str(listing))  # each file once, first place kept
+    assert every[0] == str(g0) and every.count(str(g1)) == 1 and len(every) == 7
+    for argv, words in (([str(folder / "a" / "*.jpg")], "no image matches this pattern"),
+                        ([str(folder / "notes.txt")], "not an image (.jpg, .jpeg, .png"),
+                        ([str(g0), str(tmp_path / "gone.png")], "gone.png does not exist")):
+        assert main(["predict", str(onnx_file), *argv, "--out", str(tmp_path / "x.parquet")]) == 2, words
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1
+
+
 def test_bad_input_is_one_line_and_exit_2(onnx_file, folder, tmp_path, capsys):
     import onnx
 

@@ -20,14 +20,14 @@ import csv
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.pool import ImagePool, find_images, read_image
+from ..data.pool import IMAGE_EXTENSIONS, ImagePool, find_images, read_image
 from .preprocess import KEY, Preprocess
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -207,19 +207,61 @@ def _logged_model(client, run) -> str | None:
 
 # -- the images ---------------------------------------------------------------------------------------------------
 
-def list_images(source: Path) -> tuple[list[str], list[str]]:
-    """(paths to read, paths to report) of a folder's images at any depth, or of a .parquet/.csv ``path``
-    column; a list's relative paths are read from the list's folder and reported as listed."""
-    if source.is_dir():
-        files = [str(p) for p in find_images(source)]
+GLOB_CHARACTERS = "*?["
+
+
+def list_inputs(sources: Sequence[str | Path]) -> tuple[list[str], list[str]]:
+    """(paths to read, paths to report) of every source, in order, each file once: an image file, a folder
+    (its images at any depth), a glob pattern (``**`` at any depth; quoted, so that mentor expands it), or
+    a .parquet/.csv list with a ``path`` column."""
+    paths: list[str] = []
+    shown: list[str] = []
+    seen: set[str] = set()
+    for source in sources:
+        for path, name in _one_input(str(source)):
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
+                shown.append(name)
+    return paths, shown
+
+
+def _one_input(source: str) -> list[tuple[str, str]]:
+    path = Path(source).expanduser()
+    if not path.exists() and any(c in source for c in GLOB_CHARACTERS):
+        import glob
+
+        matches = sorted(glob.glob(str(path), recursive=True))
+        found = [m for p in matches for m in (_one_input(p) if Path(p).is_dir() else
+                                                [(p, p)] if p.lower().endswith(IMAGE_EXTENSIONS) else [])]
+        if not found:
+            raise PredictError(f"{source}: no image matches this pattern ({len(matches)} path(s) matched, none an "
+                               f"image: {', '.join(IMAGE_EXTENSIONS)})")
+        return found
+    if path.is_dir():
+        files = [str(p) for p in find_images(path)]
         if not files:
             raise PredictError(f"{source}: no images found (looked for jpg, jpeg, png, bmp, gif, webp, tif, tiff "
                                "at any depth)")
-        return files, files
-    if not source.is_file():
-        raise PredictError(f"{source} does not exist (expected a folder of images or a .parquet/.csv list)")
-    if source.suffix.lower() not in LIST_SUFFIXES:
-        raise PredictError(f"{source}: expected a folder of images or a .parquet/.csv file with a path column")
+        return [(f, f) for f in files]
+    if not path.is_file():
+        raise PredictError(f"{source} does not exist (expected an image, a folder of images, a glob pattern or a "
+                           ".parquet/.csv list)")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return [(str(path), source)]
+    if path.suffix.lower() not in LIST_SUFFIXES:
+        raise PredictError(f"{source}: not an image ({', '.join(IMAGE_EXTENSIONS)}), a folder or a .parquet/.csv "
+                           "file with a path column")
+    return list(zip(*_listed(path), strict=True))
+
+
+def list_images(source: Path) -> tuple[list[str], list[str]]:
+    """``list_inputs`` of one source (kept for callers of the earlier, single-source form)."""
+    return list_inputs([source])
+
+
+def _listed(source: Path) -> tuple[list[str], list[str]]:
+    """A .parquet/.csv ``path`` column: relative paths are read from the list's folder, reported as listed."""
     import polars as pl
 
     try:
@@ -351,9 +393,11 @@ class _Rows:
                 column.clear()
 
 
-def predict_images(model: LoadedModel, source: Path, out: Path, top_k: int = 5, batch_size: int = 256,
-                   workers: int = 2, resize: bool = True, progress: str = "auto") -> PredictSummary:
-    """Top-``top_k`` classes and softmax probabilities of every image ``source`` holds, written to ``out``.
+def predict_images(model: LoadedModel, source: Path | str | Sequence[Path | str], out: Path, top_k: int = 5,
+                   batch_size: int = 256, workers: int = 2, resize: bool = True,
+                   progress: str = "auto") -> PredictSummary:
+    """Top-``top_k`` classes and softmax probabilities of every image ``source`` holds (one source or several:
+    ``list_inputs``), written to ``out``.
 
     Both files are written beside their names and renamed at the end, so a
     failed or interrupted run leaves an earlier run's output as it was, never a
@@ -363,7 +407,7 @@ def predict_images(model: LoadedModel, source: Path, out: Path, top_k: int = 5, 
 
     if workers < 0:
         raise PredictError(f"--workers {workers}: expected 0 (decode in this process) or more")
-    paths, shown = list_images(source)
+    paths, shown = list_inputs([source] if isinstance(source, str | Path) else source)
     shown_of = dict(zip(paths, shown, strict=True))
     pre = model.preprocess
     pool = ImagePool(paths)
