@@ -35,7 +35,7 @@ from .config.loader import references, teacher_model_key, trained_model_key
 from .config.schema import applicable
 from .context import RunState, StageContext, StageResult
 from .context_recording import StopRun
-from .data.splits import SplitError, Splits, make_splits
+from .data.splits import SplitError, Splits, make_splits, validation_rows
 from .data.types import DataInfoError
 from .engine import distributed
 from .engine.runtime import choose_runtime
@@ -114,7 +114,8 @@ class ExperimentRunner:
         except DataInfoError as exc:  # the source's own statistics: name the source, not a traceback
             raise located_error(self.experiment, ("data", "source"), f"data source '{data.source}': {exc}") from None
         try:
-            splits = make_splits(bundle, val_size=data.val_size, labeled_per_class=data.labeled_per_class,
+            splits = make_splits(bundle, val_size=validation_rows(data.val_size, len(bundle.train)),
+                                 labeled_per_class=data.labeled_per_class,
                                  split_seed=data.split_seed, test_size=data.test_size)
         except SplitError as exc:
             raise located_error(self.experiment, ("data", exc.field), str(exc)) from None
@@ -208,9 +209,22 @@ class ExperimentRunner:
         self._record_config(parent)
         return parent
 
+    def split_rows(self) -> dict[str, int]:
+        """How many rows each split holds (``val_size`` and ``labeled_per_class`` resolved against the data)."""
+        s = self.splits
+        return {"labeled": len(s.labeled), "val": len(s.val), "unlabeled": len(s.unlabeled), "test": len(s.test)}
+
+    def data_line(self) -> str:
+        """The data in one line: what the splits hold, as the run uses them."""
+        rows = self.split_rows()
+        unlabeled = f", {rows['unlabeled']:,} unlabeled" if rows["unlabeled"] else ""
+        return (f"{self.experiment.data.source}: {rows['labeled']:,} labeled training images, {rows['val']:,} "
+                f"validation (val_size {self.experiment.data.val_size}){unlabeled}, {rows['test']:,} test")
+
     def _record_config(self, parent: str) -> None:
         """The parameters and config.yaml of the experiment's run; what is there already stays."""
         self.tracker.log_params(parent, applicable(self.config))
+        self.tracker.log_params(parent, {f"data.rows.{k}": v for k, v in self.split_rows().items()})
         if not self.tracker.has_artifact(parent, "config.yaml"):
             self.tracker.log_text(parent, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
 

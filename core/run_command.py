@@ -20,7 +20,8 @@ class Banner:
             return
         stages = " -> ".join(f"{s.name} ({s.kind})" for s in experiment.stages)
         print(f"mentor: experiment '{experiment.name}', run {run_id}\n"
-              f"  store:  {self.runner.tracker.uri}\n  stages: {stages}", flush=True)
+              f"  store:  {self.runner.tracker.uri}\n  data:   {self.runner.data_line()}\n  stages: {stages}",
+              flush=True)
 
 
 def cmd_run(args) -> int:

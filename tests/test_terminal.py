@@ -29,7 +29,8 @@ def test_a_run_says_what_runs_where_and_how_to_open_it(workdir, capsys):
     out = capsys.readouterr().out.splitlines()
     run_id = re.fullmatch(r"mentor: experiment 'terminal', run ([0-9a-f]{32})", out[0]).group(1)
     assert out[1] == f"  store:  sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
-    assert out[2] == "  stages: first (train) -> second (train)"
+    assert out[2] == "  data:   random_images: 64 labeled training images, 32 validation (val_size 32), 32 test"
+    assert out[3] == "  stages: first (train) -> second (train)"
     epochs = [line for line in out if line.startswith("[")]
     assert [line.split("  ")[0] for line in epochs] == ["[first] epoch 1/2", "[first] epoch 2/2", "[second] epoch 1/1"]
     assert all("train/loss " in line and "val/accuracy " in line for line in epochs)

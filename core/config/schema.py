@@ -217,7 +217,9 @@ class DataConfig(ComponentSpec):
     name_field: ClassVar[str] = "source"
 
     source: str = Field(description="a registered data source (see `mentor plugins`)")
-    val_size: int = Field(default=5000, ge=0, description="validation rows held out of train")
+    val_size: int | float | Literal["auto"] = Field(
+        default="auto", description="validation rows held out of train (class-balanced): a number of rows, a "
+        "fraction of the train set (0.1), or auto: 10% of it, at most 5,000")
     labeled_per_class: int | None = Field(
         default=None, ge=1, description="labeled rows per class; the rest is unlabeled"
     )
@@ -226,6 +228,20 @@ class DataConfig(ComponentSpec):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     unlabeled: UnlabeledSpec | None = Field(
         default=None, description="pseudo_label scores this pool of files; absent: the labeled source's remainder")
+
+    @field_validator("val_size", mode="before")
+    @classmethod
+    def _rows_or_fraction(cls, value):
+        if isinstance(value, bool):
+            raise ValueError(f"{str(value).lower()} is not a size: give a number of rows, a fraction or auto")
+        if isinstance(value, float) and not value.is_integer() and not 0 < value < 1:
+            raise ValueError(f"{value} is neither a number of rows (a whole number) nor a fraction (between 0 "
+                             "and 1)")
+        if isinstance(value, float) and value.is_integer() and value >= 1:
+            value = int(value)
+        if isinstance(value, int | float) and value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
 
 
 # --- training ------------------------------------------------------------------------

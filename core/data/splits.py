@@ -203,6 +203,19 @@ class SplitError(ValueError):
         self.field = field
 
 
+AUTO_VAL_FRACTION, AUTO_VAL_MAX = 0.1, 5000
+
+
+def validation_rows(val_size: int | float | str, n: int) -> int:
+    """How many of ``n`` train rows ``data.val_size`` holds out: a number of rows as it is, a fraction of
+    ``n`` (rounded), or ``auto``: 10% of ``n``, at most 5,000 (Fashion-MNIST's 60,000: 5,000)."""
+    if val_size == "auto":
+        return min(AUTO_VAL_MAX, round(AUTO_VAL_FRACTION * n))
+    if isinstance(val_size, float):
+        return round(val_size * n)
+    return int(val_size)
+
+
 def make_splits(bundle: DataBundle, *, val_size: int, labeled_per_class: int | None,
                 split_seed: int, test_size: int | None = None) -> Splits:
     """Cut validation, labeled and unlabeled sets from ``bundle.train``.
@@ -221,7 +234,8 @@ def make_splits(bundle: DataBundle, *, val_size: int, labeled_per_class: int | N
     if val_size < 0:
         raise SplitError("val_size", f"must be >= 0, got {val_size}")
     if val_size >= n > 0:
-        raise SplitError("val_size", f"{val_size} leaves no training rows (the train set has {n})")
+        raise SplitError("val_size", f"{val_size} leaves no training rows (the train set has {n}): give fewer "
+                         "rows, or a fraction (val_size: 0.1) that fits any size")
     val_rows = balanced_subset(train.labels, val_size, derive_seed(split_seed, "val"))
     rest = _complement(n, val_rows)
 

@@ -1,0 +1,50 @@
+"""What a new user met in their first hour with their own data, each fixed at its root."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from mentor.cli import main
+from mentor.config.schema import DataConfig
+from mentor.data.splits import validation_rows
+
+# --- a validation split that fits any data ---------------------------------------------------------
+
+
+def test_val_size_is_rows_a_fraction_or_auto():
+    assert validation_rows("auto", 60_000) == 5000  # Fashion-MNIST: as before
+    assert validation_rows("auto", 3000) == 300  # a small folder: 10%
+    assert validation_rows(0.2, 3000) == 600
+    assert validation_rows(100, 3000) == 100
+    assert DataConfig(source="x").val_size == "auto"
+    assert DataConfig(source="x", val_size=0.25).val_size == 0.25
+    assert DataConfig(source="x", val_size=5000.0).val_size == 5000
+
+
+@pytest.mark.parametrize("value, words", [(1.5, "neither a number of rows"), (True, "true is not a size"),
+                                          (-3, "must be >= 0"), ("most", "auto")])
+def test_a_val_size_that_is_no_size_is_refused(value, words):
+    with pytest.raises(ValueError, match=words):
+        DataConfig(source="x", val_size=value)
+
+
+@pytest.mark.slow
+def test_a_small_folder_runs_with_the_default_and_the_run_says_how_it_was_split(workdir, capsys):
+    """3,000 images: the old default of 5,000 validation rows failed after validate said the file was fine."""
+    config = {"name": "small", "data": {"source": "random_images", "params": {
+        "train_size": 300, "test_size": 40, "image_size": 8, "channels": 1, "num_classes": 3}},
+        "models": {"s": {"name": "small_cnn", "params": {"channels": [4]}}},
+        "stages": [{"name": "fit", "kind": "train", "model": "s", "epochs": 1, "batch_size": 64}],
+        "engine": {"progress": "none"}, "tracking": {"log_model": False}}
+    path = workdir / "small.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", str(path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "  data:   random_images: 270 labeled training images, 30 validation (val_size auto), 40 test" in out
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    run = next(r for r in client.search_runs([client.get_experiment_by_name("small").experiment_id])
+               if r.data.tags.get("mentor.kind") == "experiment")
+    assert run.data.params["data.rows.val"] == "30" and run.data.params["data.rows.labeled"] == "270"
+    assert run.data.params["data.val_size"] == "auto"
