@@ -26,8 +26,15 @@ __all__ = ["build_parser", "cmd_layers", "cmd_plugins", "cmd_run", "cmd_schema",
 
 
 def cmd_validate(args) -> int:
-    experiment, _ = load(args.file, args.set)
+    experiment, plugins = load(args.file, args.set)
     names = ", ".join(f"{s.name} ({s.kind})" for s in experiment.stages)
+    if args.data:
+        from .pipeline import ExperimentRunner
+
+        runner = ExperimentRunner(experiment, plugins)
+        # sizes against the data (val_size, labeled_per_class, train_subset), pools, each model's classes
+        runner.splits = runner.load_data()
+        print(f"  data: {runner.data_line()}")
     print(f"{args.file}: valid. experiment '{experiment.name}', stages: {names}")
     return 0
 
@@ -220,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check an experiment file without running it")
     with_file(p)
+    p.add_argument("--data", action="store_true", help="also read the data: sizes that do not fit it (val_size, "
+                   "labeled_per_class, train_subset), pools, each model's classes; as `mentor run` does first")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="JSON Schema of experiment files (with all plugins)")

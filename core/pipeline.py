@@ -127,6 +127,7 @@ class ExperimentRunner:
         if data.unlabeled is not None:  # before anything trains: a missing folder is reported at once
             self.pool = self.plugins.registry.get("unlabeled_source", data.unlabeled.source).build(
                 **data.unlabeled.params)
+        self.check_inputs(splits.info)
         return splits
 
     def _find_resumable(self, run_id: str | None, changed: bool = False) -> str:
@@ -208,6 +209,18 @@ class ExperimentRunner:
                                         parent=self.parent_run_id)
         self._record_config(parent)
         return parent
+
+    def check_inputs(self, info) -> None:
+        """Each model's own pipeline fits the data (``preprocess.classes`` names every data class): located."""
+        from .model_input import PipelineError, resolve_input
+
+        for key, spec in self.experiment.models.items():
+            if spec.preprocess is None or spec.preprocess.classes is None:
+                continue  # nothing to check against the data, and a uri's record is read when it is built
+            try:
+                resolve_input(self.experiment, key, self.plugins.registry, info).class_index(info)
+            except PipelineError as exc:
+                raise located_error(self.experiment, ("models", key, "preprocess"), str(exc)) from None
 
     def split_rows(self) -> dict[str, int]:
         """How many rows each split holds (``val_size`` and ``labeled_per_class`` resolved against the data)."""

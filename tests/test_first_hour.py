@@ -48,3 +48,27 @@ def test_a_small_folder_runs_with_the_default_and_the_run_says_how_it_was_split(
                if r.data.tags.get("mentor.kind") == "experiment")
     assert run.data.params["data.rows.val"] == "30" and run.data.params["data.rows.labeled"] == "270"
     assert run.data.params["data.val_size"] == "auto"
+
+
+def test_validate_with_data_catches_sizes_and_classes_that_do_not_fit(tmp_path, capsys):
+    config = {"name": "fit", "data": {"source": "random_images", "val_size": 500, "params": {
+        "train_size": 300, "test_size": 40, "image_size": 8, "channels": 1, "num_classes": 3}},
+        "models": {"s": {"name": "small_cnn", "params": {"channels": [4]}}},
+        "stages": [{"name": "fit", "kind": "train", "model": "s", "epochs": 1}]}
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["validate", str(path)]) == 0  # the file alone is fine
+    capsys.readouterr()
+    assert main(["validate", str(path), "--data"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and "data.val_size: 500 leaves no training rows (the train set has 300)" in err
+    assert main(["validate", str(path), "--data", "--set", "data.val_size=0.1"]) == 0
+    assert "data: random_images: 270 labeled training images, 30 validation (val_size 0.1), 40 test" in \
+        capsys.readouterr().out
+    config["data"]["val_size"] = 0.1
+    config["models"]["s"]["preprocess"] = {"classes": ["cat", "dog", "fox"]}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["validate", str(path), "--data"]) == 2
+    err = capsys.readouterr().err
+    assert "fit.yaml:17:5: models.s.preprocess: the data's classes '0', '1', '2' are not among the model's 3 classes " \
+           "('cat', 'dog', 'fox')" in err
