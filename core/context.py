@@ -316,14 +316,24 @@ class StageContext(ModelBuilding, Recording, TeacherCaching):
                         f"{prefix}plots/learning_curves.png")
         self.log_confusion_matrix(model, f"{prefix}plots/confusion_matrix.png")
         self.tracker.log_file(self.run_id, weights, f"{prefix}checkpoints")
-        if export and self.experiment.tracking.log_model:
-            shipped, pipeline = bare(model), self.model_input(model_key)
-            example = self.example(self.splits.test, pipeline=pipeline).numpy() if len(self.splits.test) else None
-            from .deploy.preprocess import KEY
+        if export:
+            self.log_model(model, model_key)
 
-            self.tracker.log_model(self.run_id, shipped.float().cpu().eval(), f"{self.stage.name}-{model_key}",
-                                   example, metadata={KEY: pipeline.record(self.info).to_dict()})
-            model.to(self.device)
+    def log_model(self, model: nn.Module, model_key: str) -> None:
+        """``model`` as an MLflow model of this stage's run, ``<stage>-<key>``, as it ships (its own input
+        pipeline's record in its metadata), when ``tracking.log_model`` is on: what ``mentor predict <run id>``,
+        ``runs:/`` URIs and the registry use. ``fit`` does it for the model a stage trains; a stage that uses a
+        model as it is (``evaluate``) calls it itself."""
+        if not self.experiment.tracking.log_model:
+            return
+        shipped, pipeline = bare(model), self.model_input(model_key)
+        device = next(shipped.parameters(), torch.zeros(())).device
+        example = self.example(self.splits.test, pipeline=pipeline).numpy() if len(self.splits.test) else None
+        from .deploy.preprocess import KEY
+
+        self.tracker.log_model(self.run_id, shipped.float().cpu().eval(), f"{self.stage.name}-{model_key}",
+                               example, metadata={KEY: pipeline.record(self.info).to_dict()})
+        model.to(device)
 
     def evaluate(self, model: nn.Module, batch_size: int = 1024) -> dict[str, float]:
         """``val/accuracy``, ``val/loss``, ``test/accuracy``, ``test/loss`` of ``model``, un-augmented,

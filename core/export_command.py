@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .config.document import Document
-from .config.loader import trained_model_key, validate_document
+from .config.loader import stage_model_key, validate_document
 from .config.schema import ExportConfig
 from .context import StageContext, StageResult
 from .engine import checkpoint
@@ -64,11 +64,11 @@ def export_run(run_id: str, plugins, *, stage: str | None = None, int8: bool | N
             raise ExportRunError(f"run {parent} has no config.yaml artifact to rebuild its experiment from") \
                 from None
     experiment = validate_document(Document(f"config.yaml of run {parent}", config), plugins.registry)
-    trainers = [s.name for s in experiment.stages if trained_model_key(s) is not None]
-    stage = stage or (trainers[-1] if trainers else None)
-    if stage not in trainers:
-        raise ExportRunError(f"run {parent} has no stage '{stage}' that trains a model "
-                             f"(stages with a model: {', '.join(trainers) or 'none'})")
+    with_model = [s.name for s in experiment.stages if stage_model_key(experiment, s) is not None]
+    stage = stage or (with_model[-1] if with_model else None)
+    if stage not in with_model:
+        raise ExportRunError(f"run {parent} has no stage '{stage}' with a model "
+                             f"(stages with a model: {', '.join(with_model) or 'none'})")
     index = next(i for i, s in enumerate(experiment.stages) if s.name == stage)
     spec = experiment.stages[index]
     spec.export = (spec.export or ExportConfig()).model_copy(update={} if int8 is None else {"int8": int8})
@@ -83,7 +83,7 @@ def export_run(run_id: str, plugins, *, stage: str | None = None, int8: bool | N
     if stage_run is None:
         raise ExportRunError(f"run {parent} has no MLflow run for stage '{stage}'")
     ctx.run_id = stage_run
-    result = _kept_result(ctx, stage, trained_model_key(spec), stage_run, uri)
+    result = _kept_result(ctx, stage, stage_model_key(experiment, spec), stage_run, uri)
     state.results[stage] = result
     status = client.get_run(stage_run).info.status
     try:
@@ -101,6 +101,8 @@ def _kept_result(ctx: StageContext, stage: str, key: str, stage_run: str, uri: s
         result = StageResult.load(done)
         if result.weights and Path(result.weights).is_file():
             return result
+        if result.weights is None and result.model_key is not None:  # a models entry used as it is (evaluate):
+            return result  # its own weights (checkpoint, uri, pretrained) are built with it
     from .tracking.models import ModelNotFound, load_logged_model
 
     try:

@@ -31,7 +31,7 @@ import yaml
 
 from . import shipping
 from .config.errors import located_error
-from .config.loader import references, teacher_model_key, trained_model_key
+from .config.loader import references, stage_model_key, trained_model_key
 from .config.schema import applicable
 from .context import RunState, StageContext, StageResult
 from .context_recording import StopRun
@@ -389,9 +389,7 @@ class ExperimentRunner:
                 self.tracker.reopen(run.info.run_id)
                 self._record_stage(run.info.run_id, stage)  # a kill right after the run was made may have cut it
                 return run.info.run_id
-        key = trained_model_key(stage) or next(
-            (teacher_model_key(self.experiment, v) for _, ref, _, v in references(stage) if ref.target == "teacher"),
-            None)  # a stage that trains nothing (evaluate): the model it uses
+        key = stage_model_key(self.experiment, stage)  # a stage that trains nothing (evaluate): the model it uses
         model = (self.experiment.models[key].name or key) if key else ""
         tags = {"mentor.kind": "stage", "mentor.stage": stage.name, "mentor.method": stage.kind,
                 "mentor.model": model}

@@ -18,7 +18,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from .config.loader import references, trained_model_key
+from .config.loader import references, stage_model_key, trained_model_key
 from .context import RunState, StageContext, StageResult
 from .deploy import measure
 from .deploy import report as report_table
@@ -306,7 +306,7 @@ def check_register(state: RunState) -> None:
     if exp.tracking.register is None or not distributed.is_main():
         return
     stage = next(s for s in exp.stages if s.name == register_stage(exp))
-    key = trained_model_key(stage)
+    key = stage_model_key(exp, stage)
     ctx = StageContext(state, 0)
     model = ctx.build_model(key)
     try:

@@ -61,7 +61,10 @@ def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
     ctx.log_confusion_matrix(model)
     earlier = ctx.results.get(stage.model)
     weights = earlier.weights if earlier is not None else None  # an earlier stage's, or the entry's own
-    return StageResult(stage.name, stage.kind, model_key=teacher_model_key(ctx.experiment, stage.model),
+    key = teacher_model_key(ctx.experiment, stage.model)
+    if earlier is None or earlier.weights is None:  # a models entry used as it is: predictable like a trained one
+        ctx.log_model(model, key)
+    return StageResult(stage.name, stage.kind, model_key=key,
                        weights=weights, metrics={**summary, **model_size(model)})
 
 

@@ -72,3 +72,40 @@ def test_validate_with_data_catches_sizes_and_classes_that_do_not_fit(tmp_path, 
     err = capsys.readouterr().err
     assert "fit.yaml:17:5: models.s.preprocess: the data's classes '0', '1', '2' are not among the model's 3 classes " \
            "('cat', 'dog', 'fox')" in err
+
+
+# --- a teacher used as it is ships like a trained model ----------------------------------------------
+
+@pytest.mark.slow
+def test_an_evaluate_stages_model_is_exported_and_predicted_like_a_trained_one(workdir, capsys):
+    import numpy as np
+    import polars as pl
+    import torch
+    from PIL import Image
+
+    from .test_teachers import TEACHER, config, stage_runs, store, teacher_weights, write
+
+    torch.save(teacher_weights(), workdir / "teacher.pt")
+    experiment = config({**TEACHER, "checkpoint": str(workdir / "teacher.pt")},
+                        [{"name": "teacher_eval", "kind": "evaluate", "model": "teacher"}])
+    experiment["tracking"] = {"log_model": True}
+    assert main(["run", str(write(workdir, experiment))]) == 0, capsys.readouterr().err
+    runs = stage_runs(store(workdir))
+    run = runs["teacher_eval"]
+    capsys.readouterr()
+
+    assert main(["export", run.info.run_id]) == 0, capsys.readouterr().err  # the stage of the run id given
+    out = capsys.readouterr().out
+    assert out.startswith("teacher_eval: ") and "model.onnx" in out
+    onnx_file = next(workdir.rglob("teacher_eval/export/model.onnx"))
+    assert onnx_file.is_file()
+
+    photos = workdir / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(photos / f"{i}.png")
+    predictions = workdir / "p.parquet"
+    assert main(["predict", run.info.run_id, str(photos), "--out", str(predictions)]) == 0, \
+        capsys.readouterr().err
+    assert pl.read_parquet(predictions).height == 3

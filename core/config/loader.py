@@ -341,13 +341,14 @@ def _teacher_problem(experiment, index: int, value: str, seen: dict[str, int]) -
 def _shipping_problems(experiment) -> Iterator[tuple[tuple, str]]:
     """``tracking.register`` names a stage that trains a model; ``report.reference`` a stage or models key."""
     trainers = [s.name for s in experiment.stages if trained_model_key(s) is not None]
+    with_model = [s.name for s in experiment.stages if stage_model_key(experiment, s) is not None]
     register = experiment.tracking.register
     if register is not None:
         if register.stage is None and not trainers:
-            yield ("tracking", "register"), "no stage trains a model to register"
-        elif register.stage is not None and register.stage not in trainers:
-            yield ("tracking", "register", "stage"), unknown_name_message("stage that trains a model",
-                                                                          register.stage, trainers)
+            yield ("tracking", "register"), "no stage trains a model to register (name one with a model: stage)"
+        elif register.stage is not None and register.stage not in with_model:
+            yield ("tracking", "register", "stage"), unknown_name_message("stage with a model",
+                                                                          register.stage, with_model)
     report = getattr(experiment, "report", None)
     if report is not None and report.reference is not None:
         names = [s.name for s in experiment.stages] + list(experiment.models)
@@ -358,6 +359,13 @@ def _shipping_problems(experiment) -> Iterator[tuple[tuple, str]]:
 def trained_model_key(stage: BaseModel) -> str | None:
     """The ``models`` key of the model a stage trains: its first model reference."""
     return next((value for _, ref, _, value in references(stage) if ref.target == "model"), None)
+
+
+def stage_model_key(experiment, stage: BaseModel) -> str | None:
+    """The ``models`` key of a stage's model: the one it trains, or for a stage that trains nothing
+    (``evaluate``), the one it uses as it is. Either is exported, registered and predicted alike."""
+    return trained_model_key(stage) or next(
+        (teacher_model_key(experiment, v) for _, ref, _, v in references(stage) if ref.target == "teacher"), None)
 
 
 def teacher_model_key(experiment, ref: str) -> str | None:
