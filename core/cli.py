@@ -337,46 +337,45 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .config.errors import ConfigError
-    from .data.types import DataNotFound
-    from .deploy.mlflow_models import RegistryConflict
-    from .deploy.onnx_export import ExportError
-    from .deploy.predict import PredictError
-    from .engine.checkpoint import CheckpointError
-    from .engine.loop import TrainingDiverged
-    from .export_command import ExportRunError
-    from .pipeline import NothingToResume
-    from .plugins import PluginError
-    from .registry import PluginConflict, UnknownComponent
-    from .teacher_cache import TeacherCacheError
-    from .tracking.tracker import TrackingUnreachable
+# Errors a user can fix, said in one line with exit code 2: matched by where they are defined, so that
+# no command imports torch or MLflow only to be able to catch them (an error raised was imported anyway).
+USER_ERRORS = {
+    "mentor.plugins.PluginError", "mentor.registry.PluginConflict", "mentor.registry.UnknownComponent",
+    "mentor.data.types.DataNotFound", "mentor.engine.checkpoint.CheckpointError", "mentor.pipeline.NothingToResume",
+    "mentor.tracking.tracker.TrackingUnreachable", "mentor.deploy.onnx_export.ExportError",
+    "mentor.export_command.ExportRunError", "mentor.deploy.mlflow_models.RegistryConflict",
+    "mentor.deploy.predict.PredictError", "mentor.teacher_cache.build.TeacherCacheError",
+}
 
+
+def _is(exc: BaseException, *names: str) -> bool:
+    """Whether ``exc`` is an instance of a class named ``module.QualName`` (one of ``names``)."""
+    return any(f"{c.__module__}.{c.__qualname__}" in names for c in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a run like Ctrl-C: recorded KILLED, resumable
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO chatter on every run
     debug = bool(os.environ.get("MENTOR_DEBUG"))
     try:
         return args.func(args)
-    except ConfigError as exc:
-        err(str(exc))
-        return EXIT_USAGE
-    except (PluginError, PluginConflict, UnknownComponent, DataNotFound, CheckpointError,
-            NothingToResume, TrackingUnreachable, ExportError, ExportRunError, RegistryConflict,
-            PredictError, TeacherCacheError) as exc:
-        if debug:
-            raise
-        err(f"error: {exc}")
-        return EXIT_USAGE
-    except TrainingDiverged as exc:  # the run is recorded FAILED; its last good checkpoint stays
-        err(f"error: {exc}")
-        return 1
     except KeyboardInterrupt:
         err("\ninterrupted")
         return EXIT_INTERRUPTED
-    except Exception as exc:  # a bug or an environment problem: say what, keep it short
+    except Exception as exc:
+        if _is(exc, "mentor.config.errors.ConfigError"):
+            err(str(exc))
+            return EXIT_USAGE
+        if _is(exc, "mentor.engine.loop.TrainingDiverged"):  # the run is recorded FAILED; its last good
+            err(f"error: {exc}")  # checkpoint stays
+            return 1
         if debug:
             raise
+        if _is(exc, *USER_ERRORS):
+            err(f"error: {exc}")
+            return EXIT_USAGE
+        # a bug or an environment problem: say what, keep it short
         err(f"error: {type(exc).__name__}: {exc}\n(set MENTOR_DEBUG=1 for the traceback)")
         return 1
 
