@@ -109,3 +109,33 @@ def test_an_evaluate_stages_model_is_exported_and_predicted_like_a_trained_one(w
     assert main(["predict", run.info.run_id, str(photos), "--out", str(predictions)]) == 0, \
         capsys.readouterr().err
     assert pl.read_parquet(predictions).height == 3
+
+
+# --- messages that read like internals -------------------------------------------------------------
+
+def _distill_with(weight) -> dict:
+    return {"name": "w", "data": {"source": "random_images", "params": {"train_size": 64, "test_size": 16}},
+            "models": {"t": {"name": "small_cnn"}, "s": {"name": "small_cnn"}},
+            "stages": [{"name": "t", "kind": "train", "model": "t"},
+                       {"name": "d", "kind": "distill", "teacher": "t", "student": "s",
+                        "losses": [{"name": "kd", "weight": weight}]}]}
+
+
+@pytest.mark.parametrize("weight, shown", [(float("inf"), "inf"), ([1, 2], "[1, 2]"), ("high", "'high'")])
+def test_a_value_that_fits_no_form_of_a_field_is_said_once_with_what_it_accepts(tmp_path, capsys, weight, shown):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(_distill_with(weight), sort_keys=False))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].endswith(f"stages[1].losses[0].weight: {shown} is none of what it accepts: a finite number, or a "
+                           "mapping {start, end, epochs, shape} (WeightSchedule)")
+
+
+def test_a_mapping_is_held_to_the_schedule_it_looks_like(tmp_path, capsys):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(_distill_with({"start": 0}), sort_keys=False))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ", 1)[1] for line in err] == ["stages[1].losses[0].weight.end: Field required",
+                                                         "stages[1].losses[0].weight.epochs: Field required"]

@@ -27,7 +27,7 @@ from .checkpoints import checkpoint_problems
 from .document import Document, apply_overrides, read_document
 from .errors import ConfigError, Problem, dotted
 from .schema import ComponentSpec, ExperimentBase, ModelSpec, Ref, StageConfig
-from .schema_errors import params_message, schema_problem
+from .schema_errors import params_message, schema_problems
 
 
 def experiment_model(registry: Registry) -> type[ExperimentBase]:
@@ -81,7 +81,7 @@ def validate_document(doc: Document, registry: Registry | None = None):
     try:
         experiment = model.model_validate(data)
     except ValidationError as exc:
-        problems = [schema_problem(doc, err, registry, model) for err in exc.errors()]
+        problems = schema_problems(doc, exc.errors(), registry, model)
         problems += _params_problems_of_valid_parts(doc, data, model, registry)
         raise ConfigError(_in_file_order(problems)) from None
     problems = resolve(experiment, registry, doc)

@@ -19,16 +19,41 @@ from ..registry import Registry, unknown_name_message
 from .document import Document
 from .errors import Problem, dotted
 
+PRIMITIVE_BRANCHES = {"constrained-float", "float", "constrained-int", "int", "str", "constrained-str", "bool",
+                      "none"}
 
-def _clean_location(doc: Document, loc: Sequence[str | int]) -> list[str | int]:
+
+def _is_branch(part: str) -> bool:
+    """Whether a loc segment is a union branch pydantic names (a type, not a key of the file)."""
+    return part in PRIMITIVE_BRANCHES or "[" in part or part[:1].isupper()
+
+
+def _clean_location(doc: Document, loc: Sequence[str | int], keep_last: bool = False) -> list[str | int]:
     """Drop the segments pydantic adds (union tags, validator names) that the file lacks."""
+    return _walk(doc, loc, keep_last)[0]
+
+
+def _walk(doc: Document, loc: Sequence[str | int], keep_last: bool = False) -> tuple[list, str | None, tuple]:
+    """(the location a person wrote, the first union branch label in ``loc``, the union's location)."""
     clean: list[str | int] = []
+    branch, point = None, ()
     node: Any = doc.data
-    for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part not in node:
-            if part in (node.get("kind"), node.get("name")) or "[" in part:
-                continue  # a discriminator tag or validator label, not a key in the file
+    for i, part in enumerate(loc):
+        last = keep_last and i == len(loc) - 1
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and not last:
+            if part in (node.get("kind"), node.get("name")):
+                continue  # a discriminator tag, not a key in the file
+            if _is_branch(part):
+                if branch is None:
+                    branch, point = part, tuple(clean)
+                continue
         elif isinstance(node, list) and not isinstance(part, int):
+            if branch is None and _is_branch(part) and not last:
+                branch, point = part, tuple(clean)
+            continue
+        elif not isinstance(node, dict | list) and isinstance(part, str) and i > 0 and not last:
+            if branch is None:  # a scalar has no keys: a union branch's label
+                branch, point = part, tuple(clean)
             continue
         clean.append(part)
         if isinstance(node, dict):
@@ -37,7 +62,7 @@ def _clean_location(doc: Document, loc: Sequence[str | int]) -> list[str | int]:
             node = node[part]
         else:
             node = None
-    return clean
+    return clean, branch, point
 
 
 def _plain(err: dict) -> str:
@@ -57,7 +82,7 @@ def params_message(err: dict, params: type[BaseModel]) -> str:
 
 
 def schema_problem(doc: Document, err: dict, registry: Registry, model: type[BaseModel]) -> Problem:
-    loc = _clean_location(doc, err["loc"])
+    loc = _clean_location(doc, err["loc"], keep_last=err["type"] == "extra_forbidden")
     message = _plain(err)
     in_stages = bool(loc) and loc[0] == "stages"
     if err["type"] == "union_tag_invalid" and in_stages:
@@ -123,3 +148,65 @@ def _concrete(tp: Any, node: Any) -> Any:
                         return member
             return None
         return tp
+
+
+# --- a value that fits none of a field's forms: said once ---------------------------------------------------
+
+def schema_problems(doc: Document, errors: list[dict], registry: Registry, model: type[BaseModel]) -> list[Problem]:
+    """Every pydantic error as a ``Problem``; the branches of a union that a value fits none of become one
+    problem that says what the field accepts (not one line per branch, named by pydantic's branch labels)."""
+    branches: dict[tuple, list[tuple[str, dict, list]]] = {}
+    plain: list[dict] = []
+    for err in errors:
+        clean, label, point = _walk(doc, err["loc"], keep_last=err["type"] == "extra_forbidden")
+        if label is None or err["type"].startswith("union_tag"):
+            plain.append(err)
+        else:
+            branches.setdefault(point, []).append((label, err, clean))
+    problems = [schema_problem(doc, err, registry, model) for err in plain]
+    for point, found in branches.items():
+        deeper = [(label, err) for label, err, clean in found if len(clean) > len(point)]
+        if deeper or len({label for label, _, _ in found}) == 1:  # the value's shape chose a branch: its errors
+            problems += [schema_problem(doc, err, registry, model) for _, err in (deeper or
+                                                                                  [(lb, e) for lb, e, _ in found])]
+            continue
+        value = found[0][1].get("input")
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value) \
+            if isinstance(value, str) else str(value)
+        forms = list(dict.fromkeys(_form(label) for label, _, _ in found))
+        source, line, col = doc.locate(list(point))
+        problems.append(Problem(source, dotted(list(point)), f"{shown} is none of what it accepts: "
+                                + ", or ".join(forms), line, col))
+    return problems
+
+
+def _form(label: str) -> str:
+    """A union branch's label in words: ``constrained-float`` is a number, ``WeightSchedule`` a mapping of
+    its fields."""
+    words = {"constrained-float": "a finite number", "float": "a finite number", "constrained-int": "a whole number",
+             "int": "a whole number", "str": "a string", "constrained-str": "a string", "bool": "true or false",
+             "none": "null"}
+    if label in words:
+        return words[label]
+    if label.startswith("literal["):
+        return "one of " + label[len("literal["):-1]
+    if label.startswith(("list[", "tuple[")):
+        return "a list"
+    if label.startswith("dict["):
+        return "a mapping"
+    found = _params_class(label)
+    if found is not None:
+        return f"a mapping {{{', '.join(found.model_fields)}}} ({found.__name__})"
+    return label
+
+
+def _params_class(name: str) -> type[BaseModel] | None:
+    from ..params import Params
+
+    stack = [Params]
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ == name:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return None
