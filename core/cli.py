@@ -372,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if debug:
             raise
+        from .tracking.store import disk_full_message
+
+        full = disk_full_message(exc)
+        if full is not None:
+            err(full)
+            return EXIT_USAGE
         if _is(exc, *USER_ERRORS):
             err(f"error: {exc}")
             return EXIT_USAGE

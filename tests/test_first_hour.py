@@ -139,3 +139,32 @@ def test_a_mapping_is_held_to_the_schedule_it_looks_like(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert [line.split(": ", 1)[1] for line in err] == ["stages[1].losses[0].weight.end: Field required",
                                                          "stages[1].losses[0].weight.epochs: Field required"]
+
+
+def test_a_full_disk_under_the_store_names_the_store_and_the_space_left(workdir, capsys, monkeypatch):
+    import sqlite3
+
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    from mentor.tracking.tracker import Tracker
+
+    def full(*args, **kwargs):  # what MLflow raises when SQLite cannot grow its file
+        try:
+            raise sqlalchemy.exc.OperationalError("CREATE INDEX index_metrics ON metrics (run_uuid)", {},
+                                                  sqlite3.OperationalError("database or disk is full"))
+        except sqlalchemy.exc.OperationalError as exc:
+            raise MlflowException(f"(sqlite3.OperationalError) database or disk is full\n[SQL: {exc.statement}]") \
+                from exc
+
+    monkeypatch.setattr(Tracker, "start_run", full)
+    config = {"name": "full", "data": {"source": "random_images", "params": {"train_size": 64, "test_size": 16}},
+              "models": {"s": {"name": "small_cnn"}}, "stages": [{"name": "s", "kind": "train", "model": "s"}],
+              "engine": {"progress": "none"}}
+    path = workdir / "full.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    store = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    assert err.startswith(f"error: the disk under the tracking store {store} is full; ") and " MB free at " in err
+    assert "SQL" not in err and "OperationalError" not in err and len(err.splitlines()) == 1

@@ -21,6 +21,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from . import store
 from .metric_writer import MetricWriter
 from .store import get_or_create_experiment, tracking_uri
 
@@ -93,6 +94,7 @@ class Tracker:
 
     def __init__(self, experiment: str, uri: str | None = None):
         self.uri = tracking_uri(uri)
+        store.opened.append(self.uri)
         check_reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
