@@ -208,6 +208,9 @@ class StageContext(ModelBuilding, Recording, TeacherCaching):
                            chunk_size=chunk_size, teacher=teacher, pipeline=own_pipeline(model, self.info))
         skipped = table.skipped()
         self.log_table(skipped, f"{name}/skipped.csv")
+        done = "read the table an earlier stage, run or trial scored for" if table.reused else "scored"
+        self.say(f"{name}: {done} {len(pool):,} files of the pool; {len(skipped):,} could not be read"
+                 + (f" (listed in the run's {name}/skipped.csv)" if len(skipped) else ""))
         self.tracker.log_dict(self.run_id, table.meta, f"{name}/meta.json")
         if log_table:
             for chunk in table.chunks:

@@ -30,6 +30,12 @@ class Recording:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step)
 
+    def say(self, message: str) -> None:
+        """One line on the terminal as it happens, ``[stage] message`` (rank 0 under torchrun): what a stage
+        did that a person watching wants to know (files scored, rows selected)."""
+        if is_main():
+            print(f"[{self.stage.name}] {message}", flush=True)
+
     def warn(self, message: str) -> None:
         """Something the person running this should not miss, though the stage goes on: printed on the
         terminal as ``[stage] warning: ...`` and kept on the stage's run as the ``mentor.warning`` tag."""

@@ -40,6 +40,7 @@ def export_run(run_id: str, plugins, *, stage: str | None = None, int8: bool | N
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from .tracking.models import no_download_bar
     from .tracking.store import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
@@ -59,7 +60,8 @@ def export_run(run_id: str, plugins, *, stage: str | None = None, int8: bool | N
     tracker = Tracker(client.get_experiment(run.info.experiment_id).name, uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            config = yaml.safe_load(Path(client.download_artifacts(parent, "config.yaml", tmp)).read_text())
+            with no_download_bar():  # one small file: a progress bar says nothing
+                config = yaml.safe_load(Path(client.download_artifacts(parent, "config.yaml", tmp)).read_text())
         except (MlflowException, OSError):
             raise ExportRunError(f"run {parent} has no config.yaml artifact to rebuild its experiment from") \
                 from None

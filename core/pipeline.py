@@ -312,7 +312,10 @@ class ExperimentRunner:
 
     @staticmethod
     def _export(ctx: StageContext, result: StageResult) -> None:
-        shipping.export_stage(ctx, result)
+        record = shipping.export_stage(ctx, result)
+        print(f"[{ctx.stage.name}] exported: {record['onnx']} (ONNX Runtime test accuracy "
+              f"{record['onnx_test_accuracy']:.4f})" + (f", {record['int8']} (int8, {record['int8_status']})"
+                                                          if record.get("int8") else ""), flush=True)
 
     def ship(self, state: RunState) -> None:
         """The run's compression report (``report:``) and its registered student (``tracking.register``),

@@ -8,6 +8,9 @@ here, in the core: methods get images and indices, never those labels.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import polars as pl
 import torch
 from torch import nn
@@ -105,8 +108,17 @@ def diagnostics(scores: pl.DataFrame, selection: pl.DataFrame, splits: Splits) -
     return metrics, table
 
 
+def class_key(label: int, class_names: Sequence[str] = ()) -> str:
+    """A class in a metric's name: its name where the data has one (characters MLflow refuses, and ``/``,
+    become ``_``), else its number."""
+    if 0 <= label < len(class_names):
+        return re.sub(r"[^A-Za-z0-9_\-. ]", "_", str(class_names[label])) or str(label)
+    return str(label)
+
+
 def pool_diagnostics(scores: pl.DataFrame | pl.LazyFrame, selection: pl.DataFrame,
-                     num_classes: int | None = None) -> tuple[dict[str, float], pl.DataFrame]:
+                     num_classes: int | None = None,
+                     class_names: Sequence[str] = ()) -> tuple[dict[str, float], pl.DataFrame]:
     """What a truly unlabeled pool tells without labels, read lazily from the scores table.
 
     Metrics: the selection's size, images, classes and mean confidence; the
@@ -140,6 +152,10 @@ def pool_diagnostics(scores: pl.DataFrame | pl.LazyFrame, selection: pl.DataFram
     }
     if stats["n"]:
         metrics.update({f"pool/confidence_{k}": float(stats[k]) for k in ("mean", "p10", "p50", "p90")})
-    metrics.update({f"pseudo/class_{r['label']}/selected": float(r["selected"])
+    metrics.update({f"pseudo/class_{class_key(r['label'], class_names)}/selected": float(r["selected"])
                     for r in table.to_dicts() if r["selected"]})
+    if class_names:  # the table a person reads: each class by its name too
+        names = [str(class_names[r]) if 0 <= r < len(class_names) else str(r) for r in table["label"].to_list()]
+        table = table.with_columns(pl.Series("class_name", names)).select(
+            "label", "class_name", *[c for c in table.columns if c != "label"])
     return metrics, table

@@ -50,7 +50,9 @@ def cmd_run(args) -> int:
     for name, result in results.items():
         best = result.metrics.get("best.test.accuracy")
         last = result.metrics.get("last.test.accuracy")
-        if best is not None:
+        if best is not None and "best.epoch" not in result.metrics:  # a model used as it is (evaluate)
+            print(f"{name:>20}: test accuracy {last:.4f} (evaluated as it is, nothing trained)")
+        elif best is not None:
             print(f"{name:>20}: test accuracy {last:.4f} (last), {best:.4f} (at best val epoch)")
     if getattr(runner, "report", None) is not None:
         from .deploy.measure import machine

@@ -25,6 +25,8 @@ from mentor import (
     pool_diagnostics,
 )
 
+from .pseudo_label import readable
+
 
 class LabelStage(StageConfig):
     """Scores every unlabeled image with the teacher; optionally applies a selection strategy."""
@@ -58,11 +60,13 @@ def run_label(stage: LabelStage, ctx: StageContext) -> StageResult:
         scores = frame.lazy()
     selection = ctx.build_selection(stage.selection)(scores) if stage.selection else \
         pl.DataFrame(schema=SELECTION_SCHEMA)
-    metrics, per_class = pool_diagnostics(scores, selection, ctx.info.num_classes)
+    metrics, per_class = pool_diagnostics(scores, selection, ctx.info.num_classes, class_names=ctx.info.class_names)
     if stage.selection is None:
         metrics = {k: v for k, v in metrics.items() if not k.startswith("pseudo/")}
     else:
-        ctx.log_table(selection, "pseudo_labels/selected.parquet")
+        scored = len(pool) if pool is not None else len(ctx.splits.unlabeled)
+        ctx.say(f"selected {len(selection):,} rows of {scored:,} scored images")
+        ctx.log_table(readable(ctx, selection, pool), "pseudo_labels/selected.parquet")
     ctx.log_metrics(metrics, step=0)
     ctx.log_table(per_class, "pseudo_labels/per_class.csv")
     ctx.log_figure(ctx.confidence_histogram(scores, selection["prob"].to_numpy()), "pseudo_labels/confidence.png")

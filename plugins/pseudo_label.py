@@ -116,6 +116,7 @@ def benchmark_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select,
     selection = select(scores)
     if len(selection) == 0:
         raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
+    ctx.say(f"round {round_number}: selected {len(selection):,} rows of {len(ctx.splits.unlabeled):,} scored images")
     log_round(ctx, scores, selection, round_number)
     return pseudo_labeled_set(ctx, scores, selection, stage.labels)
 
@@ -125,7 +126,7 @@ def log_selection(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFra
     confidence = scores.filter(pl.col("rank") == 0)["prob"].to_numpy()
     ctx.log_figure(ctx.confidence_histogram(confidence, selection["prob"].to_numpy()),
                    "pseudo_labels/confidence.png")
-    ctx.log_table(selection, "pseudo_labels/selected.parquet")
+    ctx.log_table(readable(ctx, selection), "pseudo_labels/selected.parquet")
 
 
 def log_round(ctx: StageContext, scores: pl.DataFrame, selection: pl.DataFrame,
@@ -152,7 +153,8 @@ def pool_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select, pool
     selection = select(scores)
     if len(selection) == 0:
         raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
-    log_pool_round(ctx, scores, selection, round_number)
+    ctx.say(f"round {round_number}: selected {len(selection):,} rows of {len(pool):,} files")
+    log_pool_round(ctx, scores, selection, round_number, pool)
     index = torch.from_numpy(selection["index"].to_numpy()).long()
     images = pool.files(index, ctx.info.in_channels, ctx.info.image_size)
     if stage.labels == "soft":
@@ -162,13 +164,27 @@ def pool_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select, pool
     return images, index, targets
 
 
-def log_pool_round(ctx: StageContext, scores: pl.LazyFrame, selection: pl.DataFrame, round_number: int):
+def readable(ctx: StageContext, selection: pl.DataFrame, pool=None) -> pl.DataFrame:
+    """The selected table as a person joins it back: each row's file (a pool's) and class name beside its
+    index and label number."""
+    columns = []
+    if pool is not None:
+        rows = pool.rows_of(torch.from_numpy(selection["index"].to_numpy()).long()).tolist()
+        columns.append(pl.Series("path", [pool.paths[r] for r in rows], dtype=pl.Utf8))
+    names = ctx.info.class_names
+    if names:
+        columns.append(pl.Series("class_name", [names[c] for c in selection["label"].to_list()], dtype=pl.Utf8))
+    return selection.with_columns(columns) if columns else selection
+
+
+def log_pool_round(ctx: StageContext, scores: pl.LazyFrame, selection: pl.DataFrame, round_number: int,
+                   pool=None):
     """What can be known without labels: the pool's top-1 class histogram and confidence
     distribution, and the selection's counts per class (``pool_diagnostics``)."""
-    metrics, per_class = pool_diagnostics(scores, selection)
+    metrics, per_class = pool_diagnostics(scores, selection, class_names=ctx.info.class_names)
     ctx.log_metrics(metrics, step=round_number)
     ctx.log_figure(ctx.confidence_histogram(scores, selection["prob"].to_numpy()), "pseudo_labels/confidence.png")
-    ctx.log_table(selection, "pseudo_labels/selected.parquet")
+    ctx.log_table(readable(ctx, selection, pool), "pseudo_labels/selected.parquet")
     ctx.log_table(per_class, "pseudo_labels/per_class.csv")
 
 

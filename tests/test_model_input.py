@@ -230,7 +230,9 @@ def test_a_users_own_teacher_scores_its_own_accuracy_and_teaches_a_grayscale_stu
     path = write(workdir, experiment)
     assert main(["validate", str(path)]) == 0
     assert main(["run", str(path)]) == 0, capsys.readouterr().err
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "[student] exported: " in captured.out and "model.onnx (ONNX Runtime test accuracy " in captured.out
     assert "models.teacher takes its own input: 3 channels, 24x24, mean [0.485, 0.456, 0.406]" in err
 
     runs = stage_runs(store(workdir), "own")

@@ -132,6 +132,20 @@ def test_pseudo_label_on_a_pool_scores_selects_and_reuses(workdir, plugins, tiny
     assert m["pool/scored_images"] == 45 and m["pool/skipped"] == 1 and 0 < m["pool/confidence_p50"] <= 1
     per_class = pl.read_csv(client.download_artifacts(run.info.run_id, "pseudo_labels/per_class.csv"))
     assert per_class["top1_images"].sum() == 45 and per_class["selected"].sum() == m["pseudo/selected_rows"]
+    assert per_class["class_name"].to_list() == ["abcd"[label] for label in per_class["label"].to_list()]
+    named = {k for k in m if k.startswith("pseudo/class_")}  # per class by the data's class names
+    assert named and all(k.split("/")[1] in ("class_a", "class_b", "class_c", "class_d") for k in named)
+    # the selected rows as a person joins them back: each one's file and class name
+    selected = pl.read_parquet(client.download_artifacts(run.info.run_id, "pseudo_labels/selected.parquet"))
+    from mentor import find_images
+
+    files = [str(p) for p in find_images(pool_folder)]  # the pool's rows: its files, sorted
+    assert selected["path"].to_list() == [files[i] for i in selected["index"].to_list()]
+    assert selected["class_name"].to_list() == ["abcd"[label] for label in selected["label"].to_list()]
+    out = capfd.readouterr().out  # said on the terminal as it happened
+    assert "[pl] scores_round1: scored 46 files of the pool; 1 could not be read (listed in the run's " \
+           "scores_round1/skipped.csv)" in out
+    assert f"[pl] round 1: selected {len(selected):,} rows of 46 files" in out
 
 
 

@@ -60,7 +60,9 @@ def test_pseudo_label_then_finetune_records_diagnostics(workdir, plugins, tiny_c
             "pseudo_labels/confidence.png"} <= paths
     local = c.download_artifacts(round1.info.run_id, "pseudo_labels/selected.parquet", str(workdir))
     selected = pl.read_parquet(local)
-    assert selected.columns == ["index", "label", "prob", "rank"] and len(selected) == 200
+    assert selected.columns == ["index", "label", "prob", "rank", "class_name"] and len(selected) == 200
+    # each row's class by its name too, a table a person joins back (the test's source names them a, b, c, d)
+    assert selected["class_name"].to_list() == ["abcd"[label] for label in selected["label"].to_list()]
     per_class = pl.read_parquet(c.download_artifacts(round1.info.run_id, "pseudo_labels/per_class.parquet",
                                                      str(workdir)))
     assert per_class["selected"].sum() == 200

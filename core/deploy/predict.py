@@ -156,10 +156,12 @@ def _from_store(spec: str, tracking_uri: str | None, model_uri: Callable) -> Loa
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from ..tracking.models import no_download_bar
+
     with _store(tracking_uri) as uri:
         try:
             resolved = model_uri(MlflowClient(uri))
-            with tempfile.TemporaryDirectory(prefix="mentor-predict-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="mentor-predict-") as tmp, no_download_bar():
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved, dst_path=tmp,
                                                                  tracking_uri=uri))
                 folder = local if (local / "MLmodel").is_file() else next(

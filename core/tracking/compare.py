@@ -360,7 +360,9 @@ def compression_reports(experiments: str | list[str], *, tracking_uri: str | Non
             raise ValueError(f"no run of experiment '{name}' has a compression report: add `report: {{}}` to "
                              "its file and run it (or `mentor export` a stage, then run again)")
         run = runs[0]
-        with tempfile.TemporaryDirectory() as tmp:
+        from .models import no_download_bar
+
+        with tempfile.TemporaryDirectory() as tmp, no_download_bar():  # one small file: no progress bar
             table = pl.read_csv(Path(client.download_artifacts(run.info.run_id, "report/compression.csv", tmp)))
         heading = (f"{name}: run {run.info.run_name} ({run.info.run_id[:8]}), measured on "
                    f"{run.data.tags.get('mentor.report.machine')}")
