@@ -194,9 +194,15 @@ def test_every_shipped_experiment_file_validates(path, plugins, tmp_path):
     for key, spec in (yaml.safe_load(path.read_text()).get("models") or {}).items():
         if "checkpoint" in spec and not (path.parent / spec["checkpoint"]).is_file():
             model = plugins.registry.get("model", spec["name"]).factory(10, 1, **ModelSpec(**spec).params)
-            torch.save(model.state_dict(), tmp_path / f"{key}.pt")
+            state = model.state_dict()
+            torch.save({spec["checkpoint_key"]: state} if spec.get("checkpoint_key") else state, tmp_path / f"{key}.pt")
             overrides.append(f"models.{key}.checkpoint={tmp_path / f'{key}.pt'}")
-    unlabeled = (yaml.safe_load(path.read_text()).get("data") or {}).get("unlabeled")
+    data = yaml.safe_load(path.read_text()).get("data") or {}
+    root = (data.get("params") or {}).get("root")
+    if data.get("source") == "image_folder" and not (path.parent / root).exists():  # the user's own photos
+        (tmp_path / "photos").mkdir()
+        overrides.append(f"data.params.root={tmp_path / 'photos'}")
+    unlabeled = data.get("unlabeled")
     if unlabeled and not (path.parent / unlabeled["params"]["path"]).exists():  # a folder the header makes
         (tmp_path / "pool").mkdir()
         overrides.append(f"data.unlabeled.params.path={tmp_path / 'pool'}")
