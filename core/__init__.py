@@ -69,6 +69,10 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     'probe': ('.features', 'probe'),
     'hookimpl': ('.hookspecs', 'hookimpl'),
     'INDEX': ('.losses', 'INDEX'),
+    'EXAMPLE': ('.losses', 'EXAMPLE'),
+    'TOKEN': ('.losses', 'TOKEN'),
+    'IGNORE_INDEX': ('.losses', 'IGNORE_INDEX'),
+    'flatten_positions': ('.losses', 'flatten_positions'),
     'LABELS': ('.losses', 'LABELS'),
     'STUDENT_LOGITS': ('.losses', 'STUDENT_LOGITS'),
     'TEACHER_LOGITS': ('.losses', 'TEACHER_LOGITS'),
@@ -153,6 +157,10 @@ __all__ = [
     "TEACHER_LOGITS",
     "LABELS",
     "INDEX",
+    "EXAMPLE",
+    "TOKEN",
+    "IGNORE_INDEX",
+    "flatten_positions",
     "FeatureTap",
     "FeatureError",
     "probe",
@@ -235,7 +243,18 @@ if TYPE_CHECKING:  # for type checkers and editors: the names as plain imports
     from .engine.runtime import Runtime, autocast
     from .features import FeatureError, FeatureTap, probe
     from .hookspecs import hookimpl
-    from .losses import INDEX, LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs
+    from .losses import (
+        EXAMPLE,
+        IGNORE_INDEX,
+        INDEX,
+        LABELS,
+        STUDENT_LOGITS,
+        TEACHER_LOGITS,
+        TOKEN,
+        Loss,
+        Outputs,
+        flatten_positions,
+    )
     from .model_input import ModelBatches, ModelInput, PipelineError, WithInput
     from .params import FilePath, NoParams, Params
     from .pseudo_labels import pool_diagnostics, soft_targets

@@ -32,6 +32,7 @@ from .data.types import DataInfo, ImageSet
 from .engine import checkpoint, distributed
 from .engine.loop import FitResult, TrainTask, evaluate, fit, predict
 from .engine.runtime import Runtime
+from .losses import flatten_positions
 from .model_input import ModelInput, bare, own_pipeline
 from .summary import canonical, summary_name
 
@@ -80,7 +81,7 @@ class RunState:
 
 def _cross_entropy_step(model: nn.Module, label_smoothing: float):
     def step(x: torch.Tensor, y: torch.Tensor):
-        logits = model(x)
+        logits, y = flatten_positions(model(x), y)  # per token: the positions that count
         if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss in float32
             logits = logits.float()
         accuracy = (logits.detach().argmax(1) == y).float().mean()  # train/accuracy, on the augmented batch

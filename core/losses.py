@@ -13,6 +13,25 @@ TEACHER_LOGITS = "teacher_logits"
 LABELS = "labels"
 INDEX = "index"  # each row's position in the stage's training set: keys a loss's per-sample memory
 
+# What a prediction is for: one class per example (logits [B, C], labels [B]) or one per token (logits
+# [B, L, C], labels [B, L], a mask [B, L] of the positions that count). Losses and methods say which they take.
+EXAMPLE, TOKEN = "example", "token"
+IGNORE_INDEX = -100  # a label that does not count (padding), as PyTorch's cross-entropy and transformers use it
+
+
+def flatten_positions(logits: torch.Tensor, labels: torch.Tensor | None,
+                      mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``[B, C]`` and labels ``[B]`` as they are; per token (``[B, L, C]``, ``[B, L]``) the positions
+    that count, ``[N, C]`` and ``[N]``: kept by ``mask`` and not labelled ``IGNORE_INDEX``."""
+    if logits.ndim != 3:
+        return logits, labels
+    keep = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    if mask is not None:
+        keep &= mask.bool()
+    if labels is not None:
+        keep &= labels != IGNORE_INDEX
+    return logits[keep], None if labels is None else labels[keep]
+
 
 @dataclass
 class Outputs:
@@ -25,6 +44,26 @@ class Outputs:
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch: int = 0  # 0-based epoch of the stage, for losses with a warm-up
     index: torch.Tensor | None = None  # [B] rows of the training set, for losses that need INDEX
+    mask: torch.Tensor | None = None  # [B, L] bool: the positions that count, for logits [B, L, C]
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the logits are per token, ``[B, L, C]``."""
+        return self.student_logits.ndim == 3
+
+    def positions(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(student logits, teacher logits, labels) as ``[N, C]``, ``[N, C]``, ``[N]`` over what counts: the
+        examples as they are, or the tokens the mask keeps (and whose label is not ``IGNORE_INDEX``), so
+        that a loss written for ``[B, C]`` averages over tokens unchanged."""
+        if not self.per_token:
+            return self.student_logits, self.teacher_logits, self.labels
+        keep = torch.ones(self.student_logits.shape[:2], dtype=torch.bool, device=self.student_logits.device)
+        if self.mask is not None:
+            keep &= self.mask.bool()
+        if self.labels is not None:
+            keep &= self.labels != IGNORE_INDEX
+        return (self.student_logits[keep], None if self.teacher_logits is None else self.teacher_logits[keep],
+                None if self.labels is None else self.labels[keep])  # (flatten_positions, for both sides)
 
 
 class Loss(nn.Module):
@@ -43,6 +82,9 @@ class Loss(nn.Module):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({STUDENT_LOGITS, LABELS})
+    # what it computes on: one class per example, and (if it says so) one per token through
+    # ``Outputs.positions``; a stage refuses a loss that does not take its data's targets
+    targets: ClassVar[frozenset[str]] = frozenset({EXAMPLE})
 
     dataset_size: int | None = None
 

@@ -128,7 +128,26 @@ class ExperimentRunner:
             self.pool = self.plugins.registry.get("unlabeled_source", data.unlabeled.source).build(
                 **data.unlabeled.params)
         self.check_inputs(splits.info)
+        self.check_targets(splits.info)
         return splits
+
+    def check_targets(self, info) -> None:
+        """Each stage's method, and each loss it names, takes the data's targets (one class per example or
+        per token): located at the stage's kind or the loss's name, before anything trains."""
+        what = {"example": "one class per example", "token": "one class per token"}
+        for index, stage in enumerate(self.experiment.stages):
+            method = self.plugins.registry.get("method", stage.kind)
+            if info.targets not in method.targets:
+                raise located_error(self.experiment, ("stages", index, "kind"), f"stage kind '{stage.kind}' "
+                                    f"takes {' or '.join(what[t] for t in sorted(method.targets))}; data source "
+                                    f"'{self.experiment.data.source}' gives {what[info.targets]}")
+            for i, spec in enumerate(getattr(stage, "losses", None) or ()):
+                factory = self.plugins.registry.get("loss", spec.name).factory
+                takes = getattr(factory, "targets", frozenset({"example"}))
+                if info.targets not in takes:
+                    raise located_error(self.experiment, ("stages", index, "losses", i, "name"),
+                                        f"loss '{spec.name}' takes {' or '.join(what[t] for t in sorted(takes))}; "
+                                        f"data source '{self.experiment.data.source}' gives {what[info.targets]}")
 
     def _find_resumable(self, run_id: str | None, changed: bool = False) -> str:
         if run_id:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,8 @@ class Component:
     # a model's own input pipeline where its params imply one (pretrained weights and their transforms):
     # preprocess(**params) -> {image_size, channels, mean, std, classes} (any of them) or None
     preprocess: Callable[..., dict | None] | None = None
+    # a method's targets: "example" (one class per example), "token" (one per token), or both
+    targets: frozenset[str] = frozenset({"example"})
 
     @property
     def takes_image_size(self) -> bool:
@@ -115,8 +117,8 @@ class Registry:
         """The ``register`` callback handed to one plugin's registration hook."""
 
         def register(name: str, factory: Callable[..., Any], params: type[BaseModel] | None = None,
-                     description: str | None = None, *, preprocess: Callable[..., dict | None] | None = None
-                     ) -> None:
+                     description: str | None = None, *, preprocess: Callable[..., dict | None] | None = None,
+                     targets: Iterable[str] | None = None) -> None:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"plugin {plugin}: component names must be non-empty strings")
             if params is None:
@@ -128,7 +130,10 @@ class Registry:
                 description = doc.splitlines()[0] if doc else ""
             if preprocess is not None and kind != "model":
                 raise TypeError(f"plugin {plugin}: only a model may register a preprocess function ('{name}')")
-            component = Component(kind, name, factory, params, description, plugin, package, preprocess)
+            said = frozenset(targets if targets is not None else ("example",))
+            if targets is not None and (kind != "method" or not said or not said <= {"example", "token"}):
+                raise TypeError(f"plugin {plugin}: '{name}': targets= is for methods: 'example', 'token' or both")
+            component = Component(kind, name, factory, params, description, plugin, package, preprocess, said)
             if kind == "model" and "image_size" in params.model_fields and component.takes_image_size:
                 warnings.warn(
                     f"plugin {plugin} (package {package}), model '{name}': its params model declares image_size, "

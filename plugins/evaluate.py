@@ -70,5 +70,5 @@ def run_evaluate(stage: EvaluateStage, ctx: StageContext) -> StageResult:
 
 @hookimpl
 def register_methods(register):
-    register("evaluate", run_evaluate, params=EvaluateStage,
+    register("evaluate", run_evaluate, params=EvaluateStage, targets=("example", "token"),
              description="score a model (a stage's or a `models` entry with weights) on val and test; no training")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from mentor import LABELS, STUDENT_LOGITS, TEACHER_LOGITS, Loss, Outputs, Params, hookimpl
+from mentor import EXAMPLE, LABELS, STUDENT_LOGITS, TEACHER_LOGITS, TOKEN, Loss, Outputs, Params, hookimpl
 
 
 class CrossEntropyParams(Params):
@@ -17,13 +17,15 @@ class CrossEntropy(Loss):
     """Cross-entropy between the student's logits and the true labels."""
 
     needs = frozenset({STUDENT_LOGITS, LABELS})
+    targets = frozenset({EXAMPLE, TOKEN})
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
 
     def forward(self, out: Outputs) -> torch.Tensor:
-        return F.cross_entropy(out.student_logits.float(), out.labels, label_smoothing=self.label_smoothing)
+        student, _, labels = out.positions()  # per token: the mean over the positions that count
+        return F.cross_entropy(student.float(), labels, label_smoothing=self.label_smoothing)
 
 
 class KDParams(Params):
@@ -67,13 +69,15 @@ class KD(Loss):
     """Knowledge distillation on logits: KL between temperature-softened distributions."""
 
     needs = frozenset({STUDENT_LOGITS, TEACHER_LOGITS})
+    targets = frozenset({EXAMPLE, TOKEN})
 
     def __init__(self, temperature: float = 4.0, standardize: bool = False):
         super().__init__()
         self.temperature, self.standardize = temperature, standardize
 
     def forward(self, out: Outputs) -> torch.Tensor:
-        return kd_loss(out.student_logits, out.teacher_logits, self.temperature, self.standardize)
+        student, teacher, _ = out.positions()  # per token: KL averaged over the positions that count
+        return kd_loss(student, teacher, self.temperature, self.standardize)
 
 
 class DISTParams(Params):

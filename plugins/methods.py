@@ -24,6 +24,7 @@ from mentor import (
     TrainingStageConfig,
     TrainTask,
     WeightSchedule,
+    flatten_positions,
     hookimpl,
     probe,
     teacher_model_key,
@@ -155,7 +156,8 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
         weights = [spec.weight_at(epoch["now"]) for spec in stage.losses]
         total = sum(w * v for w, v in zip(weights, values, strict=True))
         logged = {f"loss/{n}": v for n, v in zip(names, values, strict=True)}
-        logged["accuracy"] = (logits.detach().argmax(1) == y).float().mean()  # against the true labels
+        counted, truth = flatten_positions(logits.detach(), y)  # per token: the positions that count
+        logged["accuracy"] = (counted.argmax(1) == truth).float().mean()  # against the true labels
         logged.update({f"weight/{n}": torch.tensor(w) for n, w, spec in zip(names, weights, stage.losses, strict=True)
                        if not isinstance(spec.weight, float | int)})  # a scheduled weight, as it was
         return total, logged
@@ -174,6 +176,8 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
 
 @hookimpl
 def register_methods(register):
-    register("train", run_train, params=TrainStage, description="supervised training on the labeled split")
+    register("train", run_train, params=TrainStage, description="supervised training on the labeled split",
+             targets=("example", "token"))
     register("distill", run_distill, params=DistillStage,
-             description="a student learns from a trained teacher through weighted loss terms")
+             description="a student learns from a trained teacher through weighted loss terms",
+             targets=("example", "token"))  # each loss says which it takes

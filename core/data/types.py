@@ -31,8 +31,11 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
+    targets: str = "example"  # one class per example, or "token": one per token (labels [N, L], -100 not counted)
 
     def __post_init__(self):
+        if self.targets not in ("example", "token"):
+            raise DataInfoError(f"DataInfo.targets is {self.targets!r}: 'example' or 'token'")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) != self.in_channels:

@@ -27,6 +27,7 @@ from ..data.augment import BatchAugment
 from ..data.loader import Batches
 from ..data.types import DataInfo, ImageSet
 from ..data.views import RecordedViews
+from ..losses import flatten_positions
 from . import checkpoint, distributed
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
@@ -186,6 +187,7 @@ def evaluate(model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, 
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(runtime):
             logits = model(x)
+        logits, y = flatten_positions(logits, y)  # per token: the positions that count
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
@@ -205,7 +207,8 @@ def predict(model: nn.Module, batches: Batches, runtime: Runtime) -> tuple[torch
     ys, ps = [], []
     for x, y in batches.epoch(0):
         with autocast(runtime):
-            ps.append(model(x).argmax(1).cpu())
+            logits, y = flatten_positions(model(x), y)
+        ps.append(logits.argmax(1).cpu())
         ys.append(y.cpu())
     return torch.cat(ys), torch.cat(ps)
 
