@@ -36,7 +36,8 @@ def _project(folder: Path) -> Path:
                     folder / "photos" / split / name / f"{i}.png")
     (folder / "unlabeled" / "day1").mkdir(parents=True)
     for i in range(10):
-        Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(folder / "unlabeled" / "day1" / f"{i}.jpg")
+        image = Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+        image.save(folder / "unlabeled" / "day1" / f"{i}.jpg")
     (folder / "unlabeled" / "notes.png").write_text("not an image")
     import torchvision
 
@@ -73,7 +74,8 @@ def test_the_own_data_walkthrough_runs_as_written(workdir, capsys):
     assert "`mlruns/mlflow.db`" in page and (runs / "mlflow.db").is_file()
     assert (runs / "artifacts" / "own-data" / run_id / "artifacts" / "report" / "compression.csv").is_file()
     assert {"checkpoint.pt", "final.pt", "result.json"} <= {p.name for p in (stage_dir / "distill").iterdir()}
-    assert {"model.onnx", "model.int8.onnx", "export.json"} <= {p.name for p in (stage_dir / "pseudo" / "export").iterdir()}
+    exported = {p.name for p in (stage_dir / "pseudo" / "export").iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "export.json"} <= exported
     client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
     pseudo = next(r for r in client.search_runs([client.get_experiment_by_name("own-data").experiment_id])
                   if r.data.tags.get("mentor.stage") == "pseudo")
