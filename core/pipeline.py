@@ -182,7 +182,7 @@ class ExperimentRunner:
         if run.info.status == "FINISHED":
             raise NothingToResume(f"run {run_id} finished: nothing to resume (run without --resume for a new run)")
         if tags.get("mentor.config_hash") != self.hash and not changed:
-            old = run.data.params
+            old = {k: v for k, v in run.data.params.items() if not k.startswith("data.rows.")}  # found, not set
             now = {k[:250]: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(applicable(self.config)).items()}
             diff = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
             shown = ", ".join(f"{k}: {old.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in diff[:5])
