@@ -516,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
     args = parser.parse_args(argv)
+    args.workdir = args.workdir.resolve()  # the children run in their own folders: paths must not be relative
     rng = random.Random(args.seed)
     rows = []
     start = time.perf_counter()
