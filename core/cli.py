@@ -344,7 +344,7 @@ USER_ERRORS = {
     "mentor.data.types.DataNotFound", "mentor.engine.checkpoint.CheckpointError", "mentor.pipeline.NothingToResume",
     "mentor.tracking.tracker.TrackingUnreachable", "mentor.deploy.onnx_export.ExportError",
     "mentor.export_command.ExportRunError", "mentor.deploy.mlflow_models.RegistryConflict",
-    "mentor.deploy.predict.PredictError", "mentor.teacher_cache.build.TeacherCacheError",
+    "mentor.deploy.predict_inputs.PredictError", "mentor.teacher_cache.build.TeacherCacheError",
 }
 
 

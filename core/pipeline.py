@@ -40,6 +40,7 @@ from .data.types import DataInfoError
 from .engine import distributed
 from .engine.runtime import choose_runtime
 from .plugins import Plugins, default_plugins
+from .run_checks import check_inputs, check_targets
 from .tracking.tracker import MAX_PARAM_LENGTH, NullTracker, Tracker, flatten
 from .version import __version__
 
@@ -127,27 +128,9 @@ class ExperimentRunner:
         if data.unlabeled is not None:  # before anything trains: a missing folder is reported at once
             self.pool = self.plugins.registry.get("unlabeled_source", data.unlabeled.source).build(
                 **data.unlabeled.params)
-        self.check_inputs(splits.info)
-        self.check_targets(splits.info)
+        check_inputs(self.experiment, self.plugins.registry, splits.info)
+        check_targets(self.experiment, self.plugins.registry, splits.info)
         return splits
-
-    def check_targets(self, info) -> None:
-        """Each stage's method, and each loss it names, takes the data's targets (one class per example or
-        per token): located at the stage's kind or the loss's name, before anything trains."""
-        what = {"example": "one class per example", "token": "one class per token"}
-        for index, stage in enumerate(self.experiment.stages):
-            method = self.plugins.registry.get("method", stage.kind)
-            if info.targets not in method.targets:
-                raise located_error(self.experiment, ("stages", index, "kind"), f"stage kind '{stage.kind}' "
-                                    f"takes {' or '.join(what[t] for t in sorted(method.targets))}; data source "
-                                    f"'{self.experiment.data.source}' gives {what[info.targets]}")
-            for i, spec in enumerate(getattr(stage, "losses", None) or ()):
-                factory = self.plugins.registry.get("loss", spec.name).factory
-                takes = getattr(factory, "targets", frozenset({"example"}))
-                if info.targets not in takes:
-                    raise located_error(self.experiment, ("stages", index, "losses", i, "name"),
-                                        f"loss '{spec.name}' takes {' or '.join(what[t] for t in sorted(takes))}; "
-                                        f"data source '{self.experiment.data.source}' gives {what[info.targets]}")
 
     def _find_resumable(self, run_id: str | None, changed: bool = False) -> str:
         if run_id:
@@ -228,18 +211,6 @@ class ExperimentRunner:
                                         parent=self.parent_run_id)
         self._record_config(parent)
         return parent
-
-    def check_inputs(self, info) -> None:
-        """Each model's own pipeline fits the data (``preprocess.classes`` names every data class): located."""
-        from .model_input import PipelineError, resolve_input
-
-        for key, spec in self.experiment.models.items():
-            if spec.preprocess is None or spec.preprocess.classes is None:
-                continue  # nothing to check against the data, and a uri's record is read when it is built
-            try:
-                resolve_input(self.experiment, key, self.plugins.registry, info).class_index(info)
-            except PipelineError as exc:
-                raise located_error(self.experiment, ("models", key, "preprocess"), str(exc)) from None
 
     def split_rows(self) -> dict[str, int]:
         """How many rows each split holds (``val_size`` and ``labeled_per_class`` resolved against the data)."""

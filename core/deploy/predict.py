@@ -27,18 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.pool import IMAGE_EXTENSIONS, ImagePool, find_images, read_image
+from ..data.pool import ImagePool, read_image
+from .predict_inputs import PredictError, list_images, list_inputs  # noqa: F401 (list_images: re-exported)
 from .preprocess import KEY, Preprocess
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 URI_SCHEMES = ("runs:/", "models:/")
-LIST_SUFFIXES = (".parquet", ".csv")
 CHUNK_ROWS = 16384  # rows per parquet row group: bounded memory, few groups
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-class PredictError(Exception):
-    """A user mistake in ``mentor predict``: a missing model or image list, no record, a size mismatch."""
 
 
 @dataclass
@@ -208,76 +204,6 @@ def _logged_model(client, run) -> str | None:
 
 
 # -- the images ---------------------------------------------------------------------------------------------------
-
-GLOB_CHARACTERS = "*?["
-
-
-def list_inputs(sources: Sequence[str | Path]) -> tuple[list[str], list[str]]:
-    """(paths to read, paths to report) of every source, in order, each file once: an image file, a folder
-    (its images at any depth), a glob pattern (``**`` at any depth; quoted, so that mentor expands it), or
-    a .parquet/.csv list with a ``path`` column."""
-    paths: list[str] = []
-    shown: list[str] = []
-    seen: set[str] = set()
-    for source in sources:
-        for path, name in _one_input(str(source)):
-            if path not in seen:
-                seen.add(path)
-                paths.append(path)
-                shown.append(name)
-    return paths, shown
-
-
-def _one_input(source: str) -> list[tuple[str, str]]:
-    path = Path(source).expanduser()
-    if not path.exists() and any(c in source for c in GLOB_CHARACTERS):
-        import glob
-
-        matches = sorted(glob.glob(str(path), recursive=True))
-        found = [m for p in matches for m in (_one_input(p) if Path(p).is_dir() else
-                                                [(p, p)] if p.lower().endswith(IMAGE_EXTENSIONS) else [])]
-        if not found:
-            raise PredictError(f"{source}: no image matches this pattern ({len(matches)} path(s) matched, none an "
-                               f"image: {', '.join(IMAGE_EXTENSIONS)})")
-        return found
-    if path.is_dir():
-        files = [str(p) for p in find_images(path)]
-        if not files:
-            raise PredictError(f"{source}: no images found (looked for jpg, jpeg, png, bmp, gif, webp, tif, tiff "
-                               "at any depth)")
-        return [(f, f) for f in files]
-    if not path.is_file():
-        raise PredictError(f"{source} does not exist (expected an image, a folder of images, a glob pattern or a "
-                           ".parquet/.csv list)")
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return [(str(path), source)]
-    if path.suffix.lower() not in LIST_SUFFIXES:
-        raise PredictError(f"{source}: not an image ({', '.join(IMAGE_EXTENSIONS)}), a folder or a .parquet/.csv "
-                           "file with a path column")
-    return list(zip(*_listed(path), strict=True))
-
-
-def list_images(source: Path) -> tuple[list[str], list[str]]:
-    """``list_inputs`` of one source (kept for callers of the earlier, single-source form)."""
-    return list_inputs([source])
-
-
-def _listed(source: Path) -> tuple[list[str], list[str]]:
-    """A .parquet/.csv ``path`` column: relative paths are read from the list's folder, reported as listed."""
-    import polars as pl
-
-    try:
-        table = pl.read_parquet(source) if source.suffix.lower() == ".parquet" else pl.read_csv(source)
-    except Exception as exc:  # polars raises its own types for every malformed file
-        raise PredictError(f"{source}: cannot read it ({type(exc).__name__}: {exc})") from None
-    if "path" not in table.columns:
-        raise PredictError(f"{source} has no 'path' column (columns: {', '.join(table.columns)})")
-    listed = [str(p) for p in table["path"].cast(pl.Utf8).drop_nulls().to_list()]
-    if not listed:
-        raise PredictError(f"{source} lists no images")
-    base = source.parent
-    return [p if Path(p).is_absolute() else str(base / p) for p in listed], listed
-
 
 def _native_shape(path: str) -> tuple[int, int, int]:
     """(channels without alpha, height, width) of an image file as ``mentor.data.pool`` decodes it."""
