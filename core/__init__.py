@@ -59,6 +59,7 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     'distributed': ('.engine.distributed', None),
     'CheckpointError': ('.engine.checkpoint', 'CheckpointError'),
     'TrainTask': ('.engine.loop', 'TrainTask'),
+    'StepInfo': ('.engine.loop', 'StepInfo'),
     'build_optimizer': ('.engine.optim', 'build_optimizer'),
     'build_scheduler': ('.engine.optim', 'build_scheduler'),
     'lr_factor': ('.engine.optim', 'lr_factor'),
@@ -170,6 +171,7 @@ __all__ = [
     "StageResult",
     "StopRun",
     "TrainTask",
+    "StepInfo",
     "Runtime",
     "autocast",
     "build_optimizer",
@@ -238,7 +240,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the names as plain imports
     from .data.views import RecordedViews
     from .engine import distributed
     from .engine.checkpoint import CheckpointError
-    from .engine.loop import TrainTask
+    from .engine.loop import StepInfo, TrainTask
     from .engine.optim import build_optimizer, build_scheduler, lr_factor
     from .engine.runtime import Runtime, autocast
     from .features import FeatureError, FeatureTap, probe

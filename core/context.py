@@ -90,6 +90,31 @@ def _cross_entropy_step(model: nn.Module, label_smoothing: float):
     return step
 
 
+class StageRecorder:
+    """Where a fit's records go (``mentor.engine.loop.Recorder``): the stage's MLflow run, its epochs
+    1-based after ``step_offset``, each phase's steps on an axis of its own, and the lifecycle hook
+    ``on_epoch_end`` (whose callback may stop the stage: ``ctx.stop_stage``)."""
+
+    def __init__(self, ctx: StageContext, phase: str | None, step_offset: int):
+        self.ctx, self.step_offset = ctx, step_offset
+        self.steps_key = f"step/{phase}/" if phase else "step/"  # phases differ in length
+
+    def relog(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.ctx.tracker.log_metrics(self.ctx.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
+                                     step=self.step_offset + epoch + 1)  # epochs are 1-based in MLflow
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None:
+        self.relog(epoch, metrics)
+        self.ctx.hook.on_epoch_end(stage=self.ctx.stage, ctx=self.ctx, epoch=epoch, metrics=metrics)
+        return self.ctx.stop_reason
+
+    def step_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.ctx.tracker.log_metrics(self.ctx.run_id, {self.steps_key + k: v for k, v in metrics.items()}, step=step)
+
+    def flush(self) -> None:
+        self.ctx.tracker.flush()
+
+
 class StageContext(ModelBuilding, Recording, TeacherCaching):
     """Everything a method's runner may use; handed to it by the pipeline."""
 
@@ -247,27 +272,12 @@ class StageContext(ModelBuilding, Recording, TeacherCaching):
         self.stop_reason = None
         self.describe_fit(task, model_key, phase)
 
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            self.tracker.log_metrics(self.run_id, {k: v for k, v in metrics.items() if k != "epoch"},
-                                     step=step_offset + epoch + 1)  # epochs are 1-based in MLflow
-
-        def report(epoch: int, metrics: dict[str, float]) -> str | None:
-            log_epoch(epoch, metrics)
-            self.hook.on_epoch_end(stage=self.stage, ctx=self, epoch=epoch, metrics=metrics)
-            return self.stop_reason
-
-        steps_key = f"step/{phase}/" if phase else "step/"  # each fit its own step axis: phases differ in length
-
-        def report_step(step: int, metrics: dict[str, float]) -> None:
-            self.tracker.log_metrics(self.run_id, {steps_key + k: v for k, v in metrics.items()}, step=step)
-
         result: FitResult = fit(
             task, cfg, stage=f"{self.stage.name}/{phase}" if phase else self.stage.name, seed=self.seed,
             info=self.info, eval_sets={"val": self.splits.val, "test": self.splits.test},
             augment=self.augment_config(cfg), runtime=self.runtime,
-            checkpoint_path=folder / "checkpoint.pt", report=report,
-            report_step=report_step, log_every_steps=self.experiment.tracking.log_every_steps,
-            flush=self.tracker.flush, relog=log_epoch,
+            checkpoint_path=folder / "checkpoint.pt", recorder=StageRecorder(self, phase, step_offset),
+            log_every_steps=self.experiment.tracking.log_every_steps,
         )
         if task.on_end is not None:
             task.on_end()

@@ -19,6 +19,7 @@ from mentor import (
     StageContext,
     StageName,
     StageResult,
+    StepInfo,
     TeacherCacheOption,
     TeacherRef,
     TrainingStageConfig,
@@ -136,24 +137,22 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
     if needs_index or cache is not None:  # batches carry row numbers (CRD's memory, the cache); labels looked up
         labels_of_rows = data.labels.to(ctx.device)
         data = ImageSet(data.images, torch.arange(len(data)), data.index)
-    epoch = {"now": 0}
-
-    def step(x, y):
+    def step(x, y, info: StepInfo):
         rows = None
         if labels_of_rows is not None:
             rows, y = y, labels_of_rows[y]
         logits, s_features = student_tap(x)
         t_logits, t_features = None, {}
         if cache is not None:
-            t_logits, t_features = cache.outputs(rows, epoch["now"])
+            t_logits, t_features = cache.outputs(rows, info.epoch)
         elif run_teacher:
             with torch.no_grad():
                 t_logits, t_features = teacher_tap(x)
         out = Outputs(student_logits=logits, labels=y if needs_labels else None, teacher_logits=t_logits,
-                      student_features=s_features, teacher_features=t_features, epoch=epoch["now"],
+                      student_features=s_features, teacher_features=t_features, epoch=info.epoch,
                       index=rows if needs_index else None)
         values = [loss(out) for loss in losses]
-        weights = [spec.weight_at(epoch["now"]) for spec in stage.losses]
+        weights = [spec.weight_at(info.epoch) for spec in stage.losses]
         total = sum(w * v for w, v in zip(weights, values, strict=True))
         logged = {f"loss/{n}": v for n, v in zip(names, values, strict=True)}
         counted, truth = flatten_positions(logits.detach(), y)  # per token: the positions that count
@@ -168,7 +167,6 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
         model=student, step=step, data=data,
         extra={"losses": nn.ModuleList(losses)},  # regressors: trained, checkpointed, not exported
         frozen={} if cache is not None else {"teacher": teacher},
-        on_epoch=lambda e: epoch.update(now=e),
         views=cache.views if cache is not None else None,
     )
     return ctx.fit(task, stage.student)

@@ -60,3 +60,22 @@ def test_checkpoints_are_atomic_and_errors_name_the_file(tmp_path):
     model = torch.nn.Linear(2, 2)
     with pytest.raises(checkpoint.CheckpointError, match="weights do not fit"):
         checkpoint.load_weights(model, {"weight": torch.ones(3, 3)}, "x.pt")
+
+
+def test_a_step_gets_step_info_only_when_written_to_take_it():
+    from mentor.engine.loop import takes_info
+
+    def old(x, y):
+        return x
+
+    def bound(x, rows, student=None, targets=None):  # loop values bound as defaults: still (x, y)
+        return x
+
+    def typed(x, y, info):
+        return x
+
+    def by_name(x, y, info=None):
+        return x
+
+    assert not takes_info(old) and not takes_info(bound)
+    assert takes_info(typed) and takes_info(by_name)

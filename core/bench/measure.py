@@ -36,7 +36,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config.schema import TrainingConfig
-from ..engine.loop import Runtime, TrainTask, fit
+from ..engine.loop import NoRecorder, Runtime, TrainTask, fit, takes_info
 from .device import peak_memory, reset_peak_memory
 from .timing import PARTS, Breakdown, StepMarks
 
@@ -60,14 +60,14 @@ def run_steps(ctx, task: TrainTask, cfg: TrainingConfig, steps: int, runtime: Ru
     bs = cfg.batch_size
     rows = torch.arange(steps * bs) % len(task.data)
     one_epoch = cfg.model_copy(update={"epochs": 1, "eval_every": 1})
-    metrics: dict[str, float] = {}
     checkpoint = scratch / f"bench-{next(_counter)}.pt"  # fresh: the loop resumes from an existing one
     views = task.views.subset(rows) if task.views is not None else None  # each row keeps its recorded views
+    recorder = NoRecorder()
     fit(dataclasses.replace(task, data=task.data.subset(rows), views=views), one_epoch, stage=f"bench/{ctx.stage.name}",
         seed=ctx.seed, info=ctx.info, eval_sets={}, augment=ctx.augment_config(cfg),
-        runtime=runtime, checkpoint_path=checkpoint, report=lambda epoch, m: metrics.update(m))
+        runtime=runtime, checkpoint_path=checkpoint, recorder=recorder)
     checkpoint.unlink(missing_ok=True)
-    return metrics
+    return recorder.last
 
 
 def _with_on_epoch(task: TrainTask, before) -> TrainTask:
@@ -86,10 +86,10 @@ def throughput_pass(ctx, task, cfg, steps, runtime, scratch) -> dict[str, Any]:
     marks = StepMarks(runtime.device)
     handle = None
     if task.manual:  # the loop does not compile a manual step, so wrapping it changes nothing
-        inner = task.step
+        inner, passes = task.step, takes_info(task.step)
 
-        def step(x, y):
-            out = inner(x, y)
+        def step(x, y, *info):
+            out = inner(x, y, *info) if passes else inner(x, y)
             marks.mark()
             return out
 

@@ -89,10 +89,14 @@ class Breakdown:
         self._boundary = self.clock.now()
 
     def wrap_step(self, step: Callable) -> Callable:
-        def timed(x, y):
+        from ..engine.loop import takes_info
+
+        passes = takes_info(step)
+
+        def timed(x, y, *info):
             begin = self.clock.now()
             self._span_start = self._span_end = None
-            out = step(x, y)
+            out = step(x, y, *info) if passes else step(x, y)
             self._step_end = self.clock.now()
             teacher = self._teacher_seconds()
             current = {"data": begin - self._boundary, "teacher_forward": teacher,

@@ -13,6 +13,7 @@ and rank 0 alone writes the checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, to
 class TrainTask:
     """What a method hands the loop.
 
-    ``step(x, y)`` returns the loss to minimise and extra per-batch metrics
+    ``step(x, y)`` (or ``step(x, y, info)``, which also gets a ``StepInfo``: the
+    epoch and step) returns the loss to minimise and extra per-batch metrics
     (tensors; averaged over the epoch, logged under ``train/``). ``model`` is
     trained, evaluated and exported; ``extra`` modules (regressors, heads)
     are trained and checkpointed with it but not exported; ``frozen`` ones
@@ -79,13 +81,68 @@ class TrainTask:
     views: RecordedViews | None = None
 
 
+@dataclass(frozen=True)
+class StepInfo:
+    """Where a training step stands: handed to a step that takes it, ``step(x, y, info)``."""
+
+    epoch: int  # 0-based epoch of this fit
+    step: int  # 1-based step over this fit (epoch * steps per epoch + the step in the epoch)
+
+
+class Recorder(Protocol):
+    """Where the loop's records go, in one object (``StageContext.fit`` passes the stage's):
+
+    ``epoch_end(epoch, metrics)`` after each epoch's checkpoint is on disk, returning why to stop early (or
+    None); ``step_metrics(step, metrics)`` every ``log_every_steps`` steps on rank 0; ``flush()`` before each
+    checkpoint, so that what was logged is durable before the checkpoint says it ran; ``relog(epoch,
+    metrics)`` for each epoch a resumed checkpoint holds (a store that keeps what it has ignores the rest).
+    """
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None: ...
+
+    def step_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def relog(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+class NoRecorder:
+    """A recorder that keeps nothing but the last epoch's metrics (the bench's)."""
+
+    def __init__(self):
+        self.last: dict[str, float] = {}
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> str | None:
+        self.last = dict(metrics)
+        return None
+
+    def step_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def relog(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+
+def takes_info(step: Callable) -> bool:
+    """Whether a step is written as ``step(x, y, info)`` (the typed form) rather than ``step(x, y)``."""
+    try:
+        parameters = inspect.signature(step).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    parameters = list(parameters)
+    required = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.default is p.empty]  # not ``def step(x, y, model=model)``: a bound value, no third input
+    return len(required) >= 3 or any(p.name == "info" for p in parameters) or \
+        any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite on more steps of an epoch than the stage allows: the epoch's
     weights are not saved (the last good checkpoint stays) and the stage's run ends FAILED."""
-
-
-class Reporter(Protocol):
-    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
 
 @dataclass
@@ -127,8 +184,8 @@ class StepModule(nn.Module):
         self.step = step
         self.trained = nn.ModuleList(modules)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor):
-        return self.step(x, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, *info):
+        return self.step(x, y, *info)
 
 
 def data_parallel(task: TrainTask, step: StepFn, runtime: Runtime) -> StepFn:
@@ -224,20 +281,20 @@ def fit(
     augment: AugmentConfig,
     runtime: Runtime,
     checkpoint_path: Path,
-    report: Callable[[int, dict[str, float]], None],
-    report_step: Callable[[int, dict[str, float]], None] | None = None,
+    recorder: Recorder | None = None,
     log_every_steps: int = 0,
-    flush: Callable[[], None] | None = None,
-    relog: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train ``task`` for ``cfg.epochs``; ``report(epoch, metrics)`` after each epoch (0-based epoch),
-    ``report_step(step, metrics)`` every ``log_every_steps`` steps on rank 0 (1-based step of this fit:
-    the step's loss and terms, and the learning rate it used).
+    """Train ``task`` for ``cfg.epochs``, recording into ``recorder`` (see ``Recorder``): its ``epoch_end``
+    after each epoch (0-based), ``step_metrics`` every ``log_every_steps`` steps on rank 0 (1-based step of
+    this fit: the step's loss and terms, and the learning rate it used).
 
-    For a kill at any moment to lose nothing: ``flush()`` makes what was logged durable before each
-    checkpoint is written, and on resume ``relog(epoch, metrics)`` is called for each epoch the
-    checkpoint holds (the epoch a kill cut off between its checkpoint and its report included; a
-    tracker that keeps what it has ignores the rest)."""
+    For a kill at any moment to lose nothing: ``recorder.flush()`` makes what was logged durable before each
+    checkpoint is written, and on resume ``recorder.relog(epoch, metrics)`` is called for each epoch the
+    checkpoint holds (the epoch a kill cut off between its checkpoint and its report included).
+
+    A step written as ``step(x, y, info)`` gets a ``StepInfo`` (epoch and step); ``step(x, y)`` works as
+    before."""
+    recorder = recorder if recorder is not None else NoRecorder()
     device = runtime.device
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     for module in [task.model, *task.extra.values(), *task.frozen.values()]:
@@ -267,6 +324,7 @@ def fit(
     if optimizer is not None:
         scheduler = build_scheduler(optimizer, cfg.schedule, len(train), cfg.epochs, cfg.optimizer.lr)
     # a manual step calls backward and optimizers itself: compile its models, not the step
+    with_info = takes_info(task.step)
     step_fn = torch.compile(task.step) if runtime.compile and not task.manual else task.step
     step_fn = data_parallel(task, step_fn, runtime)
 
@@ -287,9 +345,9 @@ def fit(
         stopped = state.get("stopped")
         if stopped:  # stopped early by a callback before the run was interrupted: it stays stopped
             start = cfg.epochs
-        if relog is not None and distributed.is_main():
+        if distributed.is_main():
             for metrics in history:
-                relog(metrics["epoch"], metrics)
+                recorder.relog(metrics["epoch"], metrics)
 
     progress = Progress(runtime.progress if distributed.is_main() else "none", stage, cfg.epochs, len(train))
     try:
@@ -309,8 +367,9 @@ def fit(
                 if runtime.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 lr_now = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+                step_number = epoch * len(train) + batches + 1  # 1-based, over the whole fit
                 with autocast(runtime):
-                    loss, extra = step_fn(x, y)
+                    loss, extra = step_fn(x, y, StepInfo(epoch, step_number)) if with_info else step_fn(x, y)
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -322,14 +381,13 @@ def fit(
                     sums[key] = sums[key] + value if key in sums else value
                 batches += 1
                 seen += len(y)
-                step_number = epoch * len(train) + batches  # 1-based, over the whole fit
-                if report_step is not None and log_every_steps and step_number % log_every_steps == 0 \
+                if log_every_steps and step_number % log_every_steps == 0 \
                         and distributed.is_main():  # one read of the device every log_every_steps steps
                     values = {f"train/{k}": float(v.detach().float().mean())
                               for k, v in {"loss": loss, **extra}.items()}
                     if lr_now is not None:
                         values["lr"] = lr_now
-                    report_step(step_number, values)
+                    recorder.step_metrics(step_number, values)
                 progress.advance()
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -361,8 +419,7 @@ def fit(
                 best_state = cpu_state(task.model) if cfg.keep == "best" else None
             progress.phase("saving checkpoint")
             if distributed.is_main():
-                if flush is not None:
-                    flush()  # the steps logged so far are in the store before the checkpoint says they ran
+                recorder.flush()  # the steps logged so far are in the store before the checkpoint says they ran
                 checkpoint.save_atomic(
                     {
                         "model": task.model.state_dict(),
@@ -378,7 +435,7 @@ def fit(
                     checkpoint_path,
                 )
             progress.phase("logging")
-            stopped = report(epoch, metrics)
+            stopped = recorder.epoch_end(epoch, metrics)
             progress.end_epoch(epoch, metrics)
             if stopped:  # a callback ended this loop: say so in the checkpoint, so a resume does not go on
                 if distributed.is_main():
