@@ -210,12 +210,6 @@ def bare(model: nn.Module) -> nn.Module:
     return model.inner if isinstance(model, WithInput) else model
 
 
-def pipeline_of(model: nn.Module, info: DataInfo) -> ModelInput:
-    """The pipeline a (possibly wrapped) model takes its input through."""
-    model = getattr(model, "_orig_mod", model)
-    return model.pipeline if isinstance(model, WithInput) else ModelInput.of_data(info)
-
-
 def own_pipeline(model: nn.Module, info: DataInfo) -> dict | None:
     """The record of a model's own pipeline where it is not the data's (None): what keys its caches."""
     model = getattr(model, "_orig_mod", model)

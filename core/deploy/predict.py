@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..data.pool import ImagePool, read_image
-from .predict_inputs import PredictError, list_images, list_inputs  # noqa: F401 (list_images: re-exported)
+from .predict_inputs import PredictError, list_inputs
 from .preprocess import KEY, Preprocess
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -62,11 +62,6 @@ def _one_input(source: str) -> list[tuple[str, str]]:
     return list(zip(*_listed(path), strict=True))
 
 
-def list_images(source: Path) -> tuple[list[str], list[str]]:
-    """``list_inputs`` of one source (kept for callers of the earlier, single-source form)."""
-    return list_inputs([source])
-
-
 def _listed(source: Path) -> tuple[list[str], list[str]]:
     """A .parquet/.csv ``path`` column: relative paths are read from the list's folder, reported as listed."""
     import polars as pl

@@ -32,14 +32,6 @@ class Preprocess:
     num_classes: int = 0
     rules: str = field(default=RULES)
 
-    @classmethod
-    def from_info(cls, info) -> Preprocess:
-        """The record for a model trained on data described by a ``DataInfo``."""
-        height, width = info.image_size
-        return cls(channels=int(info.in_channels), height=int(height), width=int(width),
-                   mean=tuple(float(m) for m in info.mean), std=tuple(float(s) for s in info.std),
-                   class_names=tuple(str(c) for c in info.class_names), num_classes=int(info.num_classes))
-
     @property
     def size(self) -> tuple[int, int]:
         return self.height, self.width
