@@ -42,6 +42,7 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     'StageResult': ('.context', 'StageResult'),
     'StopRun': ('.context_recording', 'StopRun'),
     'BatchAugment': ('.data.augment', 'BatchAugment'),
+    'AugmentDraw': ('.data.augment', 'AugmentDraw'),
     'Batches': ('.data.loader', 'Batches'),
     'IMAGE_EXTENSIONS': ('.data.pool', 'IMAGE_EXTENSIONS'),
     'ImagePool': ('.data.pool', 'ImagePool'),
@@ -55,6 +56,11 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     'DataInfo': ('.data.types', 'DataInfo'),
     'DataNotFound': ('.data.types', 'DataNotFound'),
     'ImageSet': ('.data.types', 'ImageSet'),
+    'ExampleSet': ('.data.types', 'ExampleSet'),
+    'normalise': ('.data.loader', 'normalise'),
+    'Modality': ('.modality', 'Modality'),
+    'ImageModality': ('.modality', 'ImageModality'),
+    'PredictBatch': ('.deploy.predict_inputs', 'PredictBatch'),
     'RecordedViews': ('.data.views', 'RecordedViews'),
     'distributed': ('.engine.distributed', None),
     'CheckpointError': ('.engine.checkpoint', 'CheckpointError'),
@@ -132,6 +138,11 @@ __all__ = [
     "DataInfo",
     "DataNotFound",
     "ImageSet",
+    "ExampleSet",
+    "Modality",
+    "ImageModality",
+    "PredictBatch",
+    "normalise",
     "ModelBatches",
     "ModelInput",
     "PipelineError",
@@ -143,6 +154,7 @@ __all__ = [
     "find_images",
     "Batches",
     "BatchAugment",
+    "AugmentDraw",
     "StrongAugment",
     "MAX_MAGNITUDE",
     "derive_seed",
@@ -231,13 +243,14 @@ if TYPE_CHECKING:  # for type checkers and editors: the names as plain imports
     )
     from .context import RunState, StageContext, StageResult
     from .context_recording import StopRun
-    from .data.augment import BatchAugment
-    from .data.loader import Batches
+    from .data.augment import AugmentDraw, BatchAugment
+    from .data.loader import Batches, normalise
     from .data.pool import IMAGE_EXTENSIONS, ImagePool, PoolImages, find_images
     from .data.splits import UnlabeledImages, derive_seed
     from .data.strong_augment import MAX_MAGNITUDE, StrongAugment
-    from .data.types import DataBundle, DataInfo, DataNotFound, ImageSet
+    from .data.types import DataBundle, DataInfo, DataNotFound, ExampleSet, ImageSet
     from .data.views import RecordedViews
+    from .deploy.predict_inputs import PredictBatch
     from .engine import distributed
     from .engine.checkpoint import CheckpointError
     from .engine.loop import StepInfo, TrainTask
@@ -257,6 +270,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the names as plain imports
         Outputs,
         flatten_positions,
     )
+    from .modality import ImageModality, Modality
     from .model_input import ModelBatches, ModelInput, PipelineError, WithInput
     from .params import FilePath, NoParams, Params
     from .pseudo_labels import pool_diagnostics, soft_targets

@@ -136,10 +136,17 @@ def cmd_predict(args) -> int:
 
     model = load_model(args.model, args.tracking_uri)
     print(f"model: {model.description}", flush=True)
+    modality = None
+    if model.preprocess.modality != "image":  # what it reads is the modality plugin's to say
+        from .plugins import default_plugins
+
+        modality = default_plugins().registry.get("modality", model.preprocess.modality).factory()
     summary = predict_images(model, args.images, Path(args.out), top_k=args.top_k,
-                             batch_size=args.batch_size, workers=args.workers, resize=not args.no_resize)
+                             batch_size=args.batch_size, workers=args.workers, resize=not args.no_resize,
+                             modality=modality)
     listed = f", listed in {summary.skipped_file}" if summary.skipped_file else ""
-    print(f"{summary.predicted} images -> {summary.out} ({summary.skipped} skipped{listed})")
+    what = "images" if modality is None else "examples"
+    print(f"{summary.predicted} {what} -> {summary.out} ({summary.skipped} skipped{listed})")
     return 0
 
 

@@ -33,6 +33,7 @@ from .engine import checkpoint, distributed
 from .engine.loop import FitResult, TrainTask, evaluate, fit, predict
 from .engine.runtime import Runtime
 from .losses import flatten_positions
+from .modality import Modality, modality_of
 from .model_input import ModelInput, bare, own_pipeline
 from .summary import canonical, summary_name
 
@@ -77,6 +78,7 @@ class RunState:
     run_dir: Path
     results: dict[str, StageResult] = field(default_factory=dict)
     pool: Any = None  # the data.unlabeled ImagePool, built on first use
+    modality: Any = None  # the data's mentor.Modality, built on first use
 
 
 def _cross_entropy_step(model: nn.Module, label_smoothing: float):
@@ -166,7 +168,7 @@ class StageContext(ModelBuilding, Recording, TeacherCaching):
         if n is not None:
             if n > len(data):
                 raise self.config_error(("stages", self.index, "train_subset"),
-                                        f"{n} is more than the {len(data)} labeled training images")
+                                        f"{n} is more than the {len(data)} labeled training {self.info.noun}")
             data = data.subset(balanced_subset(data.labels, n, self.experiment.data.split_seed))
         return data
 
@@ -174,6 +176,17 @@ class StageContext(ModelBuilding, Recording, TeacherCaching):
         """The augmentation a training config asks for: its own ``augment``, or ``data.augment``."""
         cfg = cfg or self.stage
         return cfg.augment or self.experiment.data.augment
+
+    @property
+    def modality(self) -> Modality:
+        """The data's modality (``DataInfo.modality``): what its examples are and how they are augmented."""
+        if self.state.modality is None:
+            self.state.modality = modality_of(self.registry, self.info)
+        return self.state.modality
+
+    def augmenter(self, cfg: TrainingConfig | None = None):
+        """The training batches' augmentation ``cfg`` asks for, by the data's modality (None: none)."""
+        return self.modality.augmenter(self.augment_config(cfg), self.info)
 
     def batches(self, data, batch_size: int, *, shuffle: bool = False, **kwargs) -> Batches:
         """``Batches`` of ``data`` normalised with the data's statistics, on this stage's device."""
@@ -275,7 +288,7 @@ class StageContext(ModelBuilding, Recording, TeacherCaching):
         result: FitResult = fit(
             task, cfg, stage=f"{self.stage.name}/{phase}" if phase else self.stage.name, seed=self.seed,
             info=self.info, eval_sets={"val": self.splits.val, "test": self.splits.test},
-            augment=self.augment_config(cfg), runtime=self.runtime,
+            augment=self.augmenter(cfg), runtime=self.runtime,
             checkpoint_path=folder / "checkpoint.pt", recorder=StageRecorder(self, phase, step_offset),
             log_every_steps=self.experiment.tracking.log_every_steps,
         )

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from .config.schema import TrainingConfig, exact_cache
+from .data.augment import BatchAugment
 from .data.types import ImageSet
 from .engine import checkpoint, distributed
-from .engine.loop import batch_augment
 from .features import probe
 from .model_input import own_pipeline
 from .teacher_cache import TeacherCache, open_cache
@@ -47,9 +47,9 @@ class TeacherCaching:
         """
         cfg = cfg or self.stage
         augment_cfg = self.augment_config(cfg)
-        augment = batch_augment(augment_cfg)
+        augment = self.augmenter(cfg) or BatchAugment()  # none: every view is the example itself
         if config == "auto":
-            config = None if augment.active else exact_cache()
+            config = None if getattr(augment, "active", True) else exact_cache()
         if config is None:
             return None
         nodes = list(dict.fromkeys(nodes))

@@ -114,6 +114,21 @@ def register_callbacks(register):
     """
 
 
+@hookspec
+def register_modalities(register):
+    """Register modalities: kinds of example (images, feature vectors, audio clips) a data source may give.
+
+    ``factory() -> mentor.Modality``: an object that says what the modality's
+    examples are (``check``), how training batches are augmented (``augmenter``:
+    a *draw* of random parameters and an *apply*, so the teacher cache can
+    rebuild a recorded view), the ONNX input's name (``input_name``) and what
+    ``mentor predict`` reads (``predict_batches``). A data source names its
+    modality in ``DataInfo.modality``; ``image`` is built in. Normalisation is
+    the core's: ``(x - mean) / std`` per entry of dimension 1, after ``x / 255``
+    for uint8 pixels.
+    """
+
+
 # --- lifecycle ----------------------------------------------------------------
 
 

@@ -90,19 +90,19 @@ def _layers(args) -> int:
         spec = experiment.models[args.model]
         info = ExperimentRunner(experiment).load_data().info
         name, params = spec.name, spec.params
-        channels, (height, width), classes = info.in_channels, info.image_size, info.num_classes
+        channels, size, classes = info.in_channels, tuple(info.image_size), info.num_classes
     else:
         name = args.model
         component = registry.get("model", name)
         params = component.params.model_validate(json.loads(args.params)).model_dump()
-        channels, height, width = (int(v) for v in args.input.lower().split("x"))
-        classes = args.classes
-    model = registry.get("model", name).make_model(classes, channels, (height, width), **params)
-    shapes = probe(model, torch.zeros(2, channels, height, width))
+        channels, *size = (int(v) for v in args.input.lower().split("x"))
+        size, classes = tuple(size), args.classes
+    model = registry.get("model", name).make_model(classes, channels, size, **params)
+    shapes = probe(model, torch.zeros(2, channels, *size))
     if args.json:
         print(json.dumps({node: list(shape[1:]) for node, shape in shapes.items()}, indent=2))
         return 0
-    print(f"{name} on {channels}x{height}x{width}, {classes} classes: node -> output shape (per sample)")
+    print(f"{name} on {'x'.join(map(str, (channels, *size)))}, {classes} classes: node -> output shape (per sample)")
     for node, shape in shapes.items():
         print(f"  {node:<32} {tuple(shape[1:])}")
     return 0

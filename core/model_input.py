@@ -31,10 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data.loader import Batches
+from .data.loader import Batches, normalise
 from .data.pool import convert_batch
 from .data.types import DataInfo
 from .deploy.preprocess import Preprocess
+
+NORMALISED = "(x - mean) / std per entry of an example's dimension 1"
 
 
 class PipelineError(ValueError):
@@ -114,23 +116,33 @@ class ModelInput:
     def record(self, info: DataInfo) -> Preprocess:
         """What a file of this model ships with: its input and its outputs' class names."""
         names = self.classes or tuple(str(c) for c in info.class_names)
-        return Preprocess(channels=self.channels, height=self.size[0], width=self.size[1], mean=self.mean,
+        height, width = self.size if len(self.size) == 2 else (0, 0)
+        if info.modality != "image":
+            return Preprocess(channels=self.channels, height=height, width=width, mean=self.mean, std=self.std,
+                              class_names=names, num_classes=self.num_classes(info), rules=NORMALISED,
+                              modality=info.modality, details=dict(info.details))
+        return Preprocess(channels=self.channels, height=height, width=width, mean=self.mean,
                           std=self.std, class_names=names, num_classes=self.num_classes(info))
 
     def params(self, key: str) -> dict[str, str]:
         """The MLflow params that record this pipeline on a run (``preprocess.<key>.*``)."""
-        out = {"source": self.source, "channels": str(self.channels), "image_size": f"{self.size[0]}x{self.size[1]}",
-               "mean": _numbers(self.mean), "std": _numbers(self.std)}
+        out = {"source": self.source, "channels": str(self.channels),
+               "image_size": "x".join(map(str, self.size)) or "-", "mean": _numbers(self.mean),
+               "std": _numbers(self.std)}
         if self.classes:
             out["classes"] = ",".join(self.classes)[:6000]
         return {f"preprocess.{key}.{name}": value for name, value in out.items()}
 
     def describe(self) -> str:
-        return (f"{self.channels} channel{'s' if self.channels > 1 else ''}, {self.size[0]}x{self.size[1]}, "
+        size = "x".join(map(str, self.size))
+        return (f"{self.channels} channel{'s' if self.channels > 1 else ''}, {size + ', ' if size else ''}"
                 f"mean {_numbers(self.mean)}, std {_numbers(self.std)} ({self.source})")
 
     def from_raw(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, C, H, W]`` images (any channels and size) to this model's float input."""
+        """uint8 ``[B, C, H, W]`` images (any channels and size) to this model's float input; another
+        modality's examples (no image size) are normalised as they are."""
+        if len(self.size) != 2:
+            return normalise(images, self.mean, self.std)
         x = convert_batch(images, self.channels, self.size)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)

@@ -40,7 +40,7 @@ from .data.types import DataInfoError
 from .engine import distributed
 from .engine.runtime import choose_runtime
 from .plugins import Plugins, default_plugins
-from .run_checks import check_inputs, check_targets
+from .run_checks import check_inputs, check_modality, check_targets
 from .tracking.tracker import MAX_PARAM_LENGTH, NullTracker, Tracker, flatten
 from .version import __version__
 
@@ -114,6 +114,7 @@ class ExperimentRunner:
             bundle = source.factory(**data.params)
         except DataInfoError as exc:  # the source's own statistics: name the source, not a traceback
             raise located_error(self.experiment, ("data", "source"), f"data source '{data.source}': {exc}") from None
+        check_modality(self.experiment, self.plugins.registry, bundle)
         try:
             splits = make_splits(bundle, val_size=validation_rows(data.val_size, len(bundle.train)),
                                  labeled_per_class=data.labeled_per_class,
@@ -124,7 +125,7 @@ class ExperimentRunner:
             n = getattr(stage, "train_subset", None)
             if n is not None and n > len(splits.labeled):
                 raise located_error(self.experiment, ("stages", index, "train_subset"),
-                                    f"{n} is more than the {len(splits.labeled)} labeled training images")
+                                    f"{n} is more than the {len(splits.labeled)} labeled training {splits.info.noun}")
         if data.unlabeled is not None:  # before anything trains: a missing folder is reported at once
             self.pool = self.plugins.registry.get("unlabeled_source", data.unlabeled.source).build(
                 **data.unlabeled.params)
@@ -221,7 +222,8 @@ class ExperimentRunner:
         """The data in one line: what the splits hold, as the run uses them."""
         rows = self.split_rows()
         unlabeled = f", {rows['unlabeled']:,} unlabeled" if rows["unlabeled"] else ""
-        return (f"{self.experiment.data.source}: {rows['labeled']:,} labeled training images, {rows['val']:,} "
+        noun = self.splits.info.noun
+        return (f"{self.experiment.data.source}: {rows['labeled']:,} labeled training {noun}, {rows['val']:,} "
                 f"validation (val_size {self.experiment.data.val_size}){unlabeled}, {rows['test']:,} test")
 
     def _record_config(self, parent: str) -> None:

@@ -30,6 +30,7 @@ _REGISTRATION_HOOKS = {
     "register_selection_strategies": "selection",
     "register_methods": "method",
     "register_callbacks": "callback",
+    "register_modalities": "modality",
 }
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from .params import NoParams
 
-KINDS = ("model", "loss", "data_source", "unlabeled_source", "selection", "method", "callback")
+KINDS = ("model", "loss", "data_source", "unlabeled_source", "selection", "method", "callback", "modality")
 
 
 class MentorDeprecationWarning(FutureWarning):

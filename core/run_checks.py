@@ -4,7 +4,41 @@ makes them too): each model's class order and each stage's and loss's targets, l
 from __future__ import annotations
 
 from .config.errors import located_error
+from .modality import IMAGE, modality_of
 from .model_input import PipelineError, resolve_input
+from .registry import UnknownComponent
+
+
+def check_modality(experiment, registry, bundle) -> None:
+    """The data's modality is registered, the source's examples are what it holds, and every augmentation
+    the file asks for means something for it: located at ``data.source`` or the ``augment`` block."""
+    info = bundle.info
+    try:
+        modality = modality_of(registry, info)
+    except UnknownComponent as exc:
+        raise located_error(experiment, ("data", "source"), f"data source '{experiment.data.source}' gives "
+                            f"examples of modality '{info.modality}', which no installed plugin registers "
+                            f"(known: {', '.join(sorted(exc.known)) or 'none'})") from None
+    for split, data in (("train", bundle.train), ("test", bundle.test)):
+        problem = modality.check(data.images, info)
+        if problem:
+            raise located_error(experiment, ("data", "source"),
+                                f"data source '{experiment.data.source}', its {split} set: {problem}")
+    places = [(("data", "augment"), experiment.data.augment)] + [
+        (("stages", i, "augment"), stage.augment) for i, stage in enumerate(experiment.stages)
+        if getattr(stage, "augment", None) is not None]
+    for path, cfg in places:
+        try:
+            modality.augmenter(cfg, info)
+        except ValueError as exc:
+            raise located_error(experiment, path, f"{info.modality} data: {exc}") from None
+    if info.modality != IMAGE:
+        for key, spec in experiment.models.items():
+            stated = spec.preprocess.fields() if spec.preprocess is not None else {}
+            if set(stated) - {"classes"}:
+                raise located_error(experiment, ("models", key, "preprocess"),
+                                    f"{', '.join(sorted(set(stated) - {'classes'}))}: image settings, and the "
+                                    f"data is {info.modality}; only classes applies")
 
 
 def check_inputs(experiment, registry, info) -> None:

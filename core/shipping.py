@@ -94,7 +94,8 @@ def export_stage(ctx: StageContext, result: StageResult) -> dict:
         raise ctx.config_error(where, "export checks the ONNX model on test images, and the test split is empty")
     example = ctx.example(test, pipeline=pipeline)
     try:
-        onnx_path = export_onnx(model, example, folder / "model.onnx", preprocess, opset=cfg.opset)
+        onnx_path = export_onnx(model, example, folder / "model.onnx", preprocess, opset=cfg.opset,
+                                input_name=ctx.modality.input_name)
     except ExportError as exc:
         raise ctx.config_error(where, f"stage '{ctx.stage.name}': {exc}; the stage's other artifacts are "
                                "logged: remove `export` or change the model") from None
@@ -270,7 +271,8 @@ def _measure(ctx: StageContext, entry: _Entry, folder: Path, cfg) -> list[dict]:
     onnx_path, note = export.get("onnx"), ""
     if onnx_path is None or not Path(onnx_path).is_file():
         try:
-            onnx_path = export_onnx(model, example, folder / f"{entry.name}.onnx", pipeline.record(ctx.info))
+            onnx_path = export_onnx(model, example, folder / f"{entry.name}.onnx", pipeline.record(ctx.info),
+                                    input_name=ctx.modality.input_name)
         except ExportError as exc:
             onnx_path, note = None, str(exc)
         onnx_accuracy_value = None

@@ -65,7 +65,7 @@ def run_label(stage: LabelStage, ctx: StageContext) -> StageResult:
         metrics = {k: v for k, v in metrics.items() if not k.startswith("pseudo/")}
     else:
         scored = len(pool) if pool is not None else len(ctx.splits.unlabeled)
-        ctx.say(f"selected {len(selection):,} rows of {scored:,} scored images")
+        ctx.say(f"selected {len(selection):,} rows of {scored:,} scored {ctx.info.noun}")
         ctx.log_table(readable(ctx, selection, pool), "pseudo_labels/selected.parquet")
     ctx.log_metrics(metrics, step=0)
     ctx.log_table(per_class, "pseudo_labels/per_class.csv")

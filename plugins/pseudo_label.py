@@ -116,7 +116,8 @@ def benchmark_round(ctx: StageContext, stage: PseudoLabelStage, teacher, select,
     selection = select(scores)
     if len(selection) == 0:
         raise ValueError(f"stage '{stage.name}', round {round_number}: the selection is empty")
-    ctx.say(f"round {round_number}: selected {len(selection):,} rows of {len(ctx.splits.unlabeled):,} scored images")
+    ctx.say(f"round {round_number}: selected {len(selection):,} rows of {len(ctx.splits.unlabeled):,} "
+            f"scored {ctx.info.noun}")
     log_round(ctx, scores, selection, round_number)
     return pseudo_labeled_set(ctx, scores, selection, stage.labels)
 

@@ -25,7 +25,8 @@ class AugmentDraw:
     """The random parameters of a batch's augmentation, one row per sample (None: op off).
 
     ``ops`` and ``signs`` ``[n, num_ops]`` (RandAugment), ``crop`` ``[n, 2]`` offsets (dy, dx),
-    ``flip`` bool ``[n]``."""
+    ``flip`` bool ``[n]``. Another modality's augmenter subclasses it (a dataclass with its own tensor
+    fields, all optional, first dimension ``n``), so that recorded views can stack, index and move them."""
 
     ops: torch.Tensor | None = None
     signs: torch.Tensor | None = None
@@ -37,7 +38,7 @@ class AugmentDraw:
 
     def map(self, fn) -> AugmentDraw:
         """A draw with ``fn`` applied to each tensor (indexing rows, moving to a device)."""
-        return AugmentDraw(**{name: fn(t) for name, t in self.tensors().items()})
+        return type(self)(**{name: fn(t) for name, t in self.tensors().items()})
 
 
 @dataclass

@@ -28,7 +28,8 @@ class Batches:
     """Iterate an ImageSet in (shuffled) batches: index, slice, move, normalise, augment.
 
     ``epoch(e)`` yields ``(x, y)``: ``x`` float32 ``[B, C, H, W]`` normalised as
-    ``(x / 255 - mean) / std``, ``y`` int64 labels; for an ``UnlabeledSet`` the
+    ``(x / 255 - mean) / std`` (float examples of any modality, ``[B, C, ...]``: ``(x - mean) / std``,
+    see ``normalise``), ``y`` int64 labels; for an ``UnlabeledSet`` the
     second item is the rows' ``index`` in the source train set instead.
 
     Determinism: the shuffle order and the augmentation draws of epoch ``e`` come
@@ -75,7 +76,7 @@ class Batches:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.augment = augment if augment is not None and augment.active else None
+        self.augment = augment if augment is not None and getattr(augment, "active", True) else None
         self.views = views.to(device) if views is not None else None
         if views is not None and len(views.offsets) != len(data):
             raise ValueError(f"{len(views.offsets)} recorded views' images for a set of {len(data)}")
@@ -89,7 +90,7 @@ class Batches:
         self.workers = workers
         self._loader: DataLoader | None = None
         self._sampler = _StepRows()
-        c = self.images.shape[1]
+        c, self.ndim = self.images.shape[1], len(self.images.shape)
         self.mean = self._stat(mean, c, "mean")
         self.std = self._stat(std, c, "std")
         if bool((self.std <= 0).any()):
@@ -99,7 +100,7 @@ class Batches:
         t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
         if len(t) not in (1, channels):
             raise ValueError(f"{what} has {len(t)} values for {channels}-channel images")
-        return t.reshape(1, -1, 1, 1).to(self.device)
+        return t.reshape(1, -1, *(1,) * (self.ndim - 2)).to(self.device)
 
     @property
     def global_batch_size(self) -> int:
@@ -119,8 +120,10 @@ class Batches:
         return torch.randperm(n, generator=g).to(self.images.device)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (or [0, 255] float) images to float32 ``(x / 255 - mean) / std``."""
-        return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        """Raw examples to float32 model input (``normalise``)."""
+        if x.dtype == torch.uint8:
+            return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        return x.to(torch.float32).sub(self.mean).div_(self.std)
 
     def batch_rows(self, order: torch.Tensor, i: int) -> torch.Tensor:
         """This rank's rows of step ``i`` of an epoch in ``order``."""
@@ -137,8 +140,9 @@ class Batches:
         for x, targets, rows in self._cut(order):
             if self.views is not None:
                 x = self.views.apply(x, rows, epoch)
-            elif self.augment is not None:
-                x = self.augment(x, gen)
+            elif self.augment is not None:  # a modality's augmenter: draw, then apply
+                x = self.augment(x, gen) if callable(self.augment) else \
+                    self.augment.apply(x, self.augment.draw(x.shape[0], gen, x.device))
             yield self.normalise(x), targets
 
     def _cut(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -162,6 +166,17 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch 0; use ``epoch(e)`` in a training loop."""
         return self.epoch(0)
+
+
+def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Raw examples to float32 model input: ``(x / 255 - mean) / std`` for uint8 pixels, ``(x - mean) / std``
+    for float examples (feature vectors, waveforms), with one statistic per entry of dimension 1."""
+    shape = (1, -1, *(1,) * (x.ndim - 2))
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(shape)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(shape)
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+    return x.to(torch.float32).sub(mean).div_(std)
 
 
 DEVICE_SHARE = 0.5  # of the device's free memory a set may take and still be held there

@@ -27,7 +27,7 @@ def derive_seed(seed: int, *salt: object) -> int:
 class UnlabeledSet:
     """Train images whose labels methods must not see.
 
-    ``images`` is uint8 ``[N, C, H, W]``; ``index`` holds each row's position
+    ``images`` is uint8 ``[N, C, H, W]`` (another modality's: ``[N, ...]``); ``index`` holds each row's position
     in the source's train set. There is deliberately no ``labels`` attribute:
     the true labels stay in ``_hidden_labels`` and are reached only through
     ``Splits.reveal_labels`` for diagnostics (pseudo-label precision and the like).
@@ -38,11 +38,8 @@ class UnlabeledSet:
     _hidden_labels: torch.Tensor = field(repr=False)
 
     def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(
-                f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
-            )
+        if self.images.ndim < 2:  # the data's modality checked the form of its examples
+            raise ValueError(f"examples must be [N, ...] with N rows, got {tuple(self.images.shape)}")
         n = len(self.images)
         if self.index.shape != (n,) or self._hidden_labels.shape != (n,):
             raise ValueError(f"index and labels must be [N={n}]")

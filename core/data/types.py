@@ -23,6 +23,12 @@ class DataInfo:
     ``mean`` and ``std`` are per channel on the [0, 1] scale (pixel / 255), as
     torchvision's ``Normalize`` takes them: batches are ``(x / 255 - mean) / std``.
     ``image_size`` is (height, width).
+
+    ``modality`` names the registered modality of the examples (``mentor.Modality``): ``image`` (uint8
+    pixels as above) or a plugin's. For another modality ``in_channels`` is the size of an example's
+    dimension 1 (a feature vector's length), ``image_size`` is ``()``, and ``mean`` and ``std`` are per
+    entry of dimension 1 on the examples' own scale. ``details`` holds the facts a shipped model needs
+    to read its inputs (a table's column names); they travel in its record (``mentor.preprocess``).
     """
 
     num_classes: int
@@ -32,6 +38,13 @@ class DataInfo:
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
     targets: str = "example"  # one class per example, or "token": one per token (labels [N, L], -100 not counted)
+    modality: str = "image"
+    details: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def noun(self) -> str:
+        """What the examples are called on the terminal: ``images``, or ``examples`` for another modality."""
+        return "images" if self.modality == "image" else "examples"
 
     def __post_init__(self):
         if self.targets not in ("example", "token"):
@@ -40,6 +53,10 @@ class DataInfo:
             values = getattr(self, name)
             if len(values) != self.in_channels:
                 raise DataInfoError(f"DataInfo.{name} has {len(values)} values for {self.in_channels} channels")
+            if self.modality != "image":  # statistics on the examples' own scale
+                if name == "std" and any(v <= 0 for v in values):
+                    raise DataInfoError(f"DataInfo.std {tuple(values)} must be > 0")
+                continue
             if any(not 0 <= v <= 1 for v in values) or (name == "std" and any(v <= 0 for v in values)):
                 raise DataInfoError(f"DataInfo.{name} {tuple(values)} is not on the [0, 1] scale (pixel / 255)"
                                  + (" and > 0" if name == "std" else ""))
@@ -47,7 +64,8 @@ class DataInfo:
 
 @dataclass
 class ImageSet:
-    """Images as uint8 ``[N, C, H, W]`` with int64 labels ``[N]``.
+    """Examples with int64 labels ``[N]``: images as uint8 ``[N, C, H, W]``, or another modality's tensor
+    ``[N, ...]`` (``ExampleSet``, the same class; the data's modality checks the form when the run loads it).
 
     Held as whole tensors so that batches are cut by indexing (and, on a GPU,
     augmented on the device) instead of decoded one sample at a time.
@@ -60,8 +78,8 @@ class ImageSet:
     index: torch.Tensor = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if isinstance(self.images, torch.Tensor) and self.images.ndim < 2:
+            raise ValueError(f"examples must be [N, ...] with N rows, got {tuple(self.images.shape)}")
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"labels must be [N={len(self.images)}], got {tuple(self.labels.shape)}")
         self.labels = self.labels.long()
@@ -70,6 +88,11 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def examples(self) -> torch.Tensor:
+        """The raw examples (``images`` by their older name)."""
+        return self.images
 
     def subset(self, rows: torch.Tensor) -> ImageSet:
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -84,3 +107,6 @@ class DataBundle:
     train: ImageSet
     test: ImageSet
     info: DataInfo
+
+
+ExampleSet = ImageSet  # the name for examples of any modality

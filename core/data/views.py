@@ -33,7 +33,7 @@ def draw_views(augment: BatchAugment, n: int, views: int, seed: int) -> AugmentD
         g = torch.Generator().manual_seed(derive_seed(seed, "view", v))
         per_view.append(augment.draw(n, g, "cpu"))
     names = per_view[0].tensors().keys()
-    return AugmentDraw(**{name: torch.stack([d.tensors()[name] for d in per_view]) for name in names})
+    return type(per_view[0])(**{name: torch.stack([d.tensors()[name] for d in per_view]) for name in names})
 
 
 @dataclass

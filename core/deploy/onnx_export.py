@@ -2,7 +2,8 @@
 ONNX Runtime against the PyTorch model on real images.
 
 The file takes any batch size (a dynamic first axis named ``batch``), has one
-input ``images`` (float32, normalised, NCHW) and one output ``logits``, and
+input ``images`` (float32, normalised, NCHW; another modality names its own,
+``Modality.input_name``) and one output ``logits``, and
 carries the preprocessing record (``mentor.deploy.preprocess``) in its
 metadata. An op the exporter cannot translate is an ``ExportError`` that names
 the op.
@@ -38,8 +39,9 @@ def _op_named(text: str) -> str | None:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, preprocess: Preprocess | None = None,
-                opset: int | None = None) -> Path:
-    """Write ``model`` (on the CPU, in eval mode, float32) to ``path`` as ONNX; returns ``path``."""
+                opset: int | None = None, input_name: str = INPUT) -> Path:
+    """Write ``model`` (on the CPU, in eval mode, float32) to ``path`` as ONNX; returns ``path``. The input is
+    named by the data's modality (``Modality.input_name``: ``images`` for images)."""
     import onnx
 
     model = getattr(model, "_orig_mod", model).float().cpu().eval()
@@ -53,7 +55,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, preprocess:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), _quiet_loggers():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=[input_name], output_names=[OUTPUT],
                                         dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
                                         external_data=False)
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this model"

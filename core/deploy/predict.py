@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.loader import normalise
 from ..data.pool import ImagePool, read_image
-from .predict_inputs import PredictError, list_inputs
+from .predict_inputs import PredictBatch, PredictError, list_inputs
 from .preprocess import KEY, Preprocess
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -321,45 +322,63 @@ class _Rows:
                 column.clear()
 
 
+def image_batches(sources: Sequence[str | Path], pre: Preprocess, batch_size: int, *, workers: int = 2,
+                  resize: bool = True) -> Iterator[PredictBatch]:
+    """Image files, folders, globs and lists (``list_inputs``) decoded in batches as ``pre`` says: the
+    image modality's ``predict_batches``. ``resize=False``: a file not already in the model's form is an error."""
+    return decoded(*list_inputs(sources), pre, batch_size, workers=workers, resize=resize)
+
+
+def decoded(paths: list[str], shown: list[str], pre: Preprocess, batch_size: int, *, workers: int,
+            resize: bool) -> Iterator[PredictBatch]:
+    """``image_batches`` of listed ``paths`` (reported as ``shown``)."""
+    shown_of = dict(zip(paths, shown, strict=True))
+    for images, index, bad in ImagePool(paths).batches(pre.channels, pre.size, batch_size, workers=workers):
+        rows = [] if images is None else index.tolist()
+        if not resize:
+            for i in rows:
+                _check_native(paths[i], shown[i], pre)
+        yield PredictBatch(images, [shown[i] for i in rows], [(shown_of[p], e) for p, e in bad])
+
+
 def predict_images(model: LoadedModel, source: Path | str | Sequence[Path | str], out: Path, top_k: int = 5,
                    batch_size: int = 256, workers: int = 2, resize: bool = True,
-                   progress: str = "auto") -> PredictSummary:
-    """Top-``top_k`` classes and softmax probabilities of every image ``source`` holds (one source or several:
-    ``list_inputs``), written to ``out``.
+                   progress: str = "auto", modality=None) -> PredictSummary:
+    """Top-``top_k`` classes and softmax probabilities of every input ``source`` holds (one source or several:
+    image files, folders, globs and lists, ``list_inputs``; or what ``modality.predict_batches`` reads for a
+    model of another modality), written to ``out``.
 
     Both files are written beside their names and renamed at the end, so a
     failed or interrupted run leaves an earlier run's output as it was, never a
-    half file; undecodable files are listed in ``<out stem>.skipped.csv``.
+    half file; unreadable inputs are listed in ``<out stem>.skipped.csv``.
     """
     import pyarrow.parquet as pq
 
     if workers < 0:
         raise PredictError(f"--workers {workers}: expected 0 (decode in this process) or more")
-    paths, shown = list_inputs([source] if isinstance(source, str | Path) else source)
-    shown_of = dict(zip(paths, shown, strict=True))
+    sources = [str(source)] if isinstance(source, str | Path) else [str(s) for s in source]
     pre = model.preprocess
-    pool = ImagePool(paths)
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1)
+    if modality is None:
+        paths, shown = list_inputs(sources)
+        batches, total = decoded(paths, shown, pre, batch_size, workers=workers, resize=resize), len(paths)
+    else:
+        batches, total = modality.predict_batches(sources, pre, batch_size), 0
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     skipped = _Skipped(out.with_name(f"{out.stem}.skipped.csv"))
     rows, predicted = _Rows(), 0
     writer = pq.ParquetWriter(partial, _schema())
-    bar = _progress(-(-len(pool) // batch_size), progress)
+    bar = _progress(-(-total // batch_size), progress) if total else None
     try:
-        for images, index, bad in pool.batches(pre.channels, pre.size, batch_size, workers=workers):
-            for path, error in bad:
-                skipped.add(shown_of[path], error)
-            if images is not None:
-                if not resize:
-                    for i in index.tolist():
-                        _check_native(paths[i], shown[i], pre)
-                x = images.to(torch.float32).div_(255.0).sub_(mean).div_(std)  # as the training loader does
+        for batch in batches:
+            for name, error in batch.skipped:
+                skipped.add(name, error)
+            if batch.examples is not None and len(batch.names):
+                x = normalise(batch.examples, pre.mean, pre.std)  # as the training loader does
                 probabilities = torch.from_numpy(np.asarray(model.logits(x), np.float32)).softmax(1)
                 top_p, top_i = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)  # largest first
-                rows.add([shown[i] for i in index.tolist()], top_p, top_i, pre)
-                predicted += len(index)
+                rows.add(batch.names, top_p, top_i, pre)
+                predicted += len(batch.names)
                 if len(rows) >= CHUNK_ROWS:
                     rows.flush(writer)
             if bar is not None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from ..data.pool import IMAGE_EXTENSIONS, find_images
 
@@ -15,6 +18,16 @@ class PredictError(Exception):
 
 
 GLOB_CHARACTERS = "*?["
+
+
+@dataclass
+class PredictBatch:
+    """One batch of ``mentor predict``'s inputs: raw examples (in the form a data source gives them), the
+    name each row is reported under, and the inputs that could not be read (name, why)."""
+
+    examples: torch.Tensor | None
+    names: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def list_inputs(sources: Sequence[str | Path]) -> tuple[list[str], list[str]]:

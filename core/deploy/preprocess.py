@@ -21,7 +21,11 @@ RULES = "decode; channels by ITU-R 601 luma or repeat; shorter side resized (bil
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Channels, size and normalisation a model was trained with, and its class names."""
+    """Channels, size and normalisation a model was trained with, and its class names.
+
+    A model of another modality than images records ``modality`` (its registered name), ``channels`` the
+    length of an example's dimension 1, height and width 0, and the ``details`` its data source gave
+    (``DataInfo.details``: what ``mentor predict`` needs to read its inputs, such as column names)."""
 
     channels: int
     height: int
@@ -31,6 +35,8 @@ class Preprocess:
     class_names: tuple[str, ...] = ()
     num_classes: int = 0
     rules: str = field(default=RULES)
+    modality: str = "image"
+    details: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -54,7 +60,8 @@ class Preprocess:
             return cls(channels=int(data["channels"]), height=int(data["height"]), width=int(data["width"]),
                        mean=tuple(float(m) for m in data["mean"]), std=tuple(float(s) for s in data["std"]),
                        class_names=tuple(str(c) for c in data.get("class_names", ())),
-                       num_classes=int(data.get("num_classes", 0)), rules=str(data.get("rules", RULES)))
+                       num_classes=int(data.get("num_classes", 0)), rules=str(data.get("rules", RULES)),
+                       modality=str(data.get("modality", "image")), details=dict(data.get("details") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a mentor preprocessing record ({type(exc).__name__}: {exc})") from None
 

@@ -22,12 +22,13 @@ from .preprocess import KEY
 class _Calibration:
     """onnxruntime's CalibrationDataReader protocol over normalised image batches."""
 
-    def __init__(self, batches: Iterable[torch.Tensor]):
+    def __init__(self, batches: Iterable[torch.Tensor], input_name: str = INPUT):
         self._batches = iter(batches)
+        self.input_name = input_name
 
     def get_next(self):
         x = next(self._batches, None)
-        return None if x is None else {INPUT: np.ascontiguousarray(x.float().cpu().numpy())}
+        return None if x is None else {self.input_name: np.ascontiguousarray(x.float().cpu().numpy())}
 
     def rewind(self):  # onnxruntime may call it; the images are read once
         pass
@@ -48,7 +49,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Iterable[torch.
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         except Exception:  # a graph the pre-processor cannot fold is quantized as it is
             prepared = Path(fp32_path)
-        quantize_static(str(prepared), str(int8_path), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+        input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name  # the modality's
+        quantize_static(str(prepared), str(int8_path), _Calibration(calibration, input_name),
+                        quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=CalibrationMethod.MinMax)
     original = onnx.load(str(fp32_path), load_external_data=False)

@@ -147,7 +147,11 @@ def data_parallel(task: TrainTask, step: StepFn, runtime: Runtime) -> StepFn:
     return DistributedDataParallel(StepModule(step, trained), device_ids=device_ids)
 
 
-def batch_augment(cfg: AugmentConfig) -> BatchAugment:
+def batch_augment(cfg: AugmentConfig | None) -> BatchAugment | None:
+    """An image augmentation config's ``BatchAugment`` (``ImageModality.augmenter``; another modality's
+    augmenter is handed to ``fit`` built)."""
+    if cfg is None:
+        return None
     strong = (cfg.randaugment.num_ops, cfg.randaugment.magnitude) if cfg.randaugment else None
     return BatchAugment(cfg.crop_padding, cfg.flip, strong)
 
@@ -219,7 +223,7 @@ def fit(
     seed: int,
     info: DataInfo,
     eval_sets: dict[str, ImageSet],
-    augment: AugmentConfig,
+    augment: AugmentConfig | BatchAugment | None,  # a config (images) or a modality's built augmenter
     runtime: Runtime,
     checkpoint_path: Path,
     recorder: Recorder | None = None,
@@ -251,7 +255,7 @@ def fit(
     train = Batches(
         task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * world,
         mean=info.mean, std=info.std, device=device, seed=seed,
-        augment=batch_augment(augment), rank=rank, world_size=world,
+        augment=augment if hasattr(augment, "draw") else batch_augment(augment), rank=rank, world_size=world,
         placement=runtime.data_placement, workers=runtime.loader_workers, views=task.views,
     )
     evals = {  # each rank evaluates its part of the set; evaluate() adds the parts up
