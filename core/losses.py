@@ -77,7 +77,8 @@ class Loss(nn.Module):
     ``build`` from the probed feature shapes; they train with the student and
     are not exported with it. A loss that keeps a memory per training sample
     (CRD's bank) declares ``INDEX``: the stage then sets ``dataset_size`` (the
-    training set's rows) before ``build`` and passes each batch's rows as
+    training set's rows) and ``dataset_labels`` (their classes, ``[N]``, for a
+    loss that draws by class) before ``build`` and passes each batch's rows as
     ``Outputs.index``.
     """
 
@@ -87,6 +88,7 @@ class Loss(nn.Module):
     targets: ClassVar[frozenset[str]] = frozenset({EXAMPLE})
 
     dataset_size: int | None = None
+    dataset_labels: torch.Tensor | None = None
 
     def __init__(self):
         super().__init__()

@@ -5,10 +5,17 @@ head each, trained with the student: the teacher's head trains too, the
 teacher does not) and L2-normalised. Two memory banks hold one embedding per
 training image, keyed by its row in the training set (``mentor.INDEX``): the
 student's embedding is contrasted with the teacher bank (its own image's row
-is the positive, ``nce_k`` random rows the negatives), the teacher's with the
+is the positive, ``nce_k`` other rows the negatives), the teacher's with the
 student bank. Each side's score is an NCE loss against a uniform noise
 distribution; after the step, each image's bank entry moves towards its new
 embedding with momentum ``nce_m``.
+
+The negatives, as RepDistiller draws them by default (its ``mode: exact``):
+``nce_k`` rows drawn without replacement from the images of the other classes
+only, so that no negative is the anchor itself or an image of its class
+(``negatives: exact``). ``negatives: uniform`` draws them from all rows with
+replacement, as mentor did before: on 10 classes about a tenth of them are
+then the anchor's own class, pushed apart against the cross-entropy.
 
 Follows RepDistiller's CRD (the authors' code): exp(<v, m> / T) scores
 normalised by a constant Z fixed from the first batch (mean score x N), the
@@ -20,6 +27,7 @@ setting: CE + 0.8 x CRD, d 128, K 16384, T 0.07, momentum 0.5.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +46,9 @@ class CRDParams(Params):
     nce_k: int = Field(default=16384, ge=1, description="negatives per positive K (below the training set size)")
     nce_t: float = Field(default=0.07, gt=0, description="temperature T of the scores")
     nce_m: float = Field(default=0.5, ge=0, lt=1, description="momentum of the memory banks' update")
+    negatives: Literal["exact", "uniform"] = Field(
+        default="exact", description="exact: without replacement from the other classes (RepDistiller's "
+        "default); uniform: from all rows with replacement")
 
 
 def nce_loss(scores: torch.Tensor, n_data: int) -> torch.Tensor:
@@ -56,10 +67,11 @@ class CRD(Loss):
     needs = frozenset({INDEX})
 
     def __init__(self, student_node: str = "flatten", teacher_node: str = "flatten", feat_dim: int = 128,
-                 nce_k: int = 16384, nce_t: float = 0.07, nce_m: float = 0.5):
+                 nce_k: int = 16384, nce_t: float = 0.07, nce_m: float = 0.5, negatives: str = "exact"):
         super().__init__()
         self.student_nodes, self.teacher_nodes = (student_node,), (teacher_node,)
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = feat_dim, nce_k, nce_t, nce_m
+        self.negatives = negatives
 
     def build(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         n = self.dataset_size
@@ -68,6 +80,17 @@ class CRD(Loss):
         if self.nce_k >= n:
             raise ValueError(f"crd: nce_k {self.nce_k} must be below the {n} training images (the negatives "
                              "are other images' rows)")
+        if self.negatives == "exact":
+            if self.dataset_labels is None or len(self.dataset_labels) != n:
+                raise ValueError("crd: negatives: exact draws from the other classes and needs the training "
+                                 "set's labels (a stage that passes Outputs.index sets dataset_labels)")
+            labels = torch.as_tensor(self.dataset_labels).long()
+            fewest = n - int(torch.bincount(labels).max())
+            if self.nce_k > fewest:
+                raise ValueError(f"crd: nce_k {self.nce_k} is more than the {fewest} images outside the largest "
+                                 "class (negatives: exact draws without replacement from the other classes): "
+                                 "lower nce_k, or use negatives: uniform")
+            self.register_buffer("labels", labels, persistent=False)
         dims = [math.prod(shape[1:]) for shape in (student_shapes[self.student_nodes[0]],
                                                    teacher_shapes[self.teacher_nodes[0]])]
         self.embed_s = nn.Linear(dims[0], self.feat_dim)
@@ -105,8 +128,15 @@ class CRD(Loss):
         if out.index is None:
             raise ValueError("crd: the batch carries no sample index (Outputs.index)")
         v_s, v_t = self.embed(out)
-        negatives = torch.randint(self.memory_s.shape[0], (len(out.index), self.nce_k), device=v_s.device)
-        return self.contrast(v_s, v_t, out.index, negatives)
+        return self.contrast(v_s, v_t, out.index, self.draw_negatives(out.index))
+
+    def draw_negatives(self, index: torch.Tensor) -> torch.Tensor:
+        """``nce_k`` bank rows per anchor row in ``index`` [B]: ``[B, K]`` (see ``negatives``)."""
+        if self.negatives == "uniform":
+            return torch.randint(self.memory_s.shape[0], (len(index), self.nce_k), device=index.device)
+        labels = self.labels.to(index.device)
+        other = (labels[None, :] != labels[index][:, None]).float()  # [B, N]: 1 where a row may be drawn
+        return torch.multinomial(other, self.nce_k, replacement=False)
 
 
 @hookimpl

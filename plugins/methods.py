@@ -114,7 +114,7 @@ def run_distill(stage: DistillStage, ctx: StageContext) -> StageResult:
     needs_index = any(INDEX in loss.needs for loss in losses)
     if needs_index:  # a per-sample memory (CRD)
         for loss in losses:
-            loss.dataset_size = len(data)
+            loss.dataset_size, loss.dataset_labels = len(data), data.labels
     student_nodes = [n for loss in losses for n in loss.student_nodes]
     teacher_nodes = [n for loss in losses for n in loss.teacher_nodes]
     student_tap = FeatureTap(student, student_nodes, "student")

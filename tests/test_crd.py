@@ -15,9 +15,10 @@ from mentor.tracking.store import tracking_uri
 from mentor_plugins.contrastive import CRD, NCE_EPS
 
 
-def built(n=4, d=2, k=2, t=0.5, m=0.5):
-    loss = CRD(feat_dim=d, nce_k=k, nce_t=t, nce_m=m)
+def built(n=4, d=2, k=2, t=0.5, m=0.5, labels=None, negatives="exact"):
+    loss = CRD(feat_dim=d, nce_k=k, nce_t=t, nce_m=m, negatives=negatives)
     loss.dataset_size = n
+    loss.dataset_labels = torch.arange(n) % 2 if labels is None else torch.tensor(labels)
     loss.build({"flatten": torch.Size([1, 3])}, {"flatten": torch.Size([1, 5])})
     return loss
 
@@ -70,6 +71,30 @@ def test_crd_loss_and_bank_update_on_a_tiny_memory_by_hand():
     z = loss.z.clone()
     loss.contrast(torch.tensor(v_s), torch.tensor(v_t), torch.tensor(index), torch.tensor(negatives))
     assert torch.equal(loss.z, z)
+
+
+def test_exact_negatives_are_the_other_classes_rows_without_replacement_on_a_hand_built_bank():
+    loss = built(n=6, k=4, labels=[0, 0, 1, 1, 2, 2])  # 4 rows outside each class: all of them are drawn
+    negatives = loss.draw_negatives(torch.tensor([0, 2, 5]))
+    assert [sorted(row) for row in negatives.tolist()] == [[2, 3, 4, 5], [0, 1, 4, 5], [0, 1, 2, 3]]
+    loss = built(n=9, k=3, labels=[0, 0, 0, 1, 1, 1, 2, 2, 2])
+    torch.manual_seed(0)
+    for _ in range(50):
+        rows = loss.draw_negatives(torch.tensor([0, 4, 8]))
+        assert all(len(set(row)) == 3 for row in rows.tolist())  # without replacement
+        assert all(r // 3 != anchor // 3 for anchor, row in zip([0, 4, 8], rows.tolist(), strict=True) for r in row)
+
+
+def test_uniform_negatives_may_be_the_anchors_class_as_before():
+    loss = built(n=9, k=3, labels=[0, 0, 0, 1, 1, 1, 2, 2, 2], negatives="uniform")
+    torch.manual_seed(0)
+    rows = torch.cat([loss.draw_negatives(torch.tensor([0])) for _ in range(50)])
+    assert bool((rows // 3 == 0).any())  # a third of the rows are class 0's: 150 draws find some
+
+
+def test_more_exact_negatives_than_other_class_images_is_refused():
+    with pytest.raises(ValueError, match="nce_k 5 is more than the 4 images outside the largest class"):
+        built(n=6, k=5, labels=[0, 0, 1, 1, 2, 2])
 
 
 def test_crd_trains_its_heads_and_the_teacher_head_gets_gradients():
