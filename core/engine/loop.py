@@ -27,8 +27,8 @@ from ..data.augment import BatchAugment
 from ..data.loader import Batches
 from ..data.types import DataInfo, ImageSet
 from ..data.views import RecordedViews
-from ..losses import flatten_positions
 from . import checkpoint, distributed
+from .evaluation import evaluate, is_better, predict  # noqa: F401 (re-exported)
 from .fit_protocol import NoRecorder, Recorder, StepInfo, takes_info  # noqa: F401 (re-exported)
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
@@ -160,59 +160,179 @@ def seed_for(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**31)
 
 
-def is_better(metrics: dict[str, float], best: dict[str, float], key: str) -> bool:
-    """Whether this epoch beats the best so far on ``key`` (losses lower, others higher).
+class FitRun:
+    """One fit's moving parts, so that ``fit`` reads top to bottom: what is trained and how (``set_up``),
+    where it stands (``resume``: epoch, history, best), and one epoch's train, evaluate, keep and save."""
 
-    Without ``key`` (no validation set) every epoch is "best", so best equals last.
-    """
-    if key not in metrics or not best or key not in best:
-        return True
-    if key.endswith("loss"):
-        return metrics[key] < best[key]
-    return metrics[key] > best[key]
+    def __init__(self, task: TrainTask, cfg: TrainingConfig, stage: str, seed: int, runtime: Runtime,
+                 checkpoint_path: Path, recorder: Recorder, log_every_steps: int):
+        self.task, self.cfg, self.stage, self.seed, self.runtime = task, cfg, stage, seed, runtime
+        self.checkpoint_path, self.recorder, self.log_every_steps = checkpoint_path, recorder, log_every_steps
+        self.start, self.history, self.best, self.best_state, self.stopped = 0, [], {}, None, None
 
+    def set_up(self, info: DataInfo, eval_sets: dict[str, ImageSet], augment) -> None:
+        """Modules on the device, the optimizer and schedule, the batches, and the step to call."""
+        task, cfg, runtime = self.task, self.cfg, self.runtime
+        device = runtime.device
+        memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+        for module in [task.model, *task.extra.values(), *task.frozen.values()]:
+            module.to(device=device, memory_format=memory_format)
+        for module in task.frozen.values():
+            module.eval().requires_grad_(False)
+        self.trainable = [task.model, *task.extra.values()]
+        self.optimizer = None
+        if not task.manual:
+            self.optimizer = build_optimizer([p for m in self.trainable for p in m.parameters()], cfg.optimizer,
+                                             device)
+        rank, self.world = distributed.group_rank(), distributed.world_size()
+        self.train = Batches(
+            task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * self.world,
+            mean=info.mean, std=info.std, device=device, seed=self.seed,
+            augment=augment if hasattr(augment, "draw") else batch_augment(augment), rank=rank,
+            world_size=self.world, placement=runtime.data_placement, workers=runtime.loader_workers,
+            views=task.views,
+        )
+        self.evals = {  # each rank evaluates its part of the set; evaluate() adds the parts up
+            name: Batches(data if self.world == 1 else data.subset(distributed.split(len(data), rank, self.world)),
+                          cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device,
+                          placement=runtime.data_placement, workers=runtime.loader_workers)
+            for name, data in eval_sets.items()
+            if len(data) > 0
+        }
+        self.scheduler = None
+        if self.optimizer is not None:
+            self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.train), cfg.epochs,
+                                             cfg.optimizer.lr)
+        # a manual step calls backward and optimizers itself: compile its models, not the step
+        self.with_info = takes_info(task.step)
+        step_fn = torch.compile(task.step) if runtime.compile and not task.manual else task.step
+        self.step_fn = data_parallel(task, step_fn, runtime)
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``batches``.
+    def resume(self) -> None:
+        """Load the stage's checkpoint, if any: weights, optimizer, schedule, the task's state, where it stood."""
+        task, path = self.task, self.checkpoint_path
+        distributed.barrier()  # no rank looks for the checkpoint once rank 0 may be writing this stage's
+        if not path.is_file():
+            return
+        state = checkpoint.load(path)
+        checkpoint.load_weights(task.model, state["model"], str(path))
+        for name, module in task.extra.items():
+            checkpoint.load_weights(module, state["extra"][name], f"{path} (extra {name})")
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        for name, obj in task.state.items():
+            obj.load_state_dict(state["state"][name])
+        self.start, self.history, self.best = state["epoch"], state["history"], state["best"]
+        self.best_state = state.get("best_model")
+        self.stopped = state.get("stopped")
+        if self.stopped:  # stopped early by a callback before the run was interrupted: it stays stopped
+            self.start = self.cfg.epochs
+        if distributed.is_main():
+            for metrics in self.history:
+                self.recorder.relog(metrics["epoch"], metrics)
 
-    Under torchrun each rank passes its own part of the set; the sums are
-    added over ranks, so every rank gets the whole set's metrics.
-    """
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), device=runtime.device)
-    loss_sum = torch.zeros((), device=runtime.device)
-    count = 0
-    for x, y in batches.epoch(0):
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(runtime):
-            logits = model(x)
-        logits, y = flatten_positions(logits, y)  # per token: the positions that count
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-        count += len(y)
-    model.train(was_training)
-    totals = torch.stack([correct.double(), loss_sum.double(),
-                          torch.tensor(float(count), device=runtime.device, dtype=torch.float64)])
-    correct, loss_sum, count = distributed.all_reduce_sum(totals).tolist()  # one read of the device
-    if count == 0:
-        return {}
-    return {"accuracy": correct / count, "loss": loss_sum / count}
+    def train_epoch(self, epoch: int, progress: Progress) -> dict[str, float]:
+        """One epoch of steps; its ``train/*`` means (over every rank), the rate it started with, throughput."""
+        task, runtime, optimizer, device = self.task, self.runtime, self.optimizer, self.runtime.device
+        torch.manual_seed(distributed.rank_seed(seed_for(self.seed, epoch)))  # dropout and any other global draws
+        for module in self.trainable:
+            module.train()
+        progress.start_epoch(epoch)
+        if task.on_epoch is not None:
+            task.on_epoch(epoch)
+        sums: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: no sync per step
+        batches, seen = 0, 0
+        lr_start = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+        t0 = time.perf_counter()
+        for x, y in self.train.epoch(epoch):
+            if runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr_now = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+            step_number = epoch * len(self.train) + batches + 1  # 1-based, over the whole fit
+            with autocast(runtime):
+                loss, extra = self.step_fn(x, y, StepInfo(epoch, step_number)) if self.with_info \
+                    else self.step_fn(x, y)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                self.scheduler.step()
+            nonfinite += (~torch.isfinite(loss.detach())).sum()
+            for key, value in {"loss": loss, **extra}.items():
+                value = value.detach().float()
+                sums[key] = sums[key] + value if key in sums else value
+            batches += 1
+            seen += len(y)
+            if self.log_every_steps and step_number % self.log_every_steps == 0 \
+                    and distributed.is_main():  # one read of the device every log_every_steps steps
+                values = {f"train/{k}": float(v.detach().float().mean()) for k, v in {"loss": loss, **extra}.items()}
+                if lr_now is not None:
+                    values["lr"] = lr_now
+                self.recorder.step_metrics(step_number, values)
+            progress.advance()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        if distributed.active():
+            nonfinite = distributed.all_reduce_sum(nonfinite)
+        check_finite(nonfinite, batches * self.world, self.cfg.max_nonfinite_steps, self.stage, epoch)
+        if distributed.active():  # one all-reduce per epoch: means over every rank's steps
+            keys = sorted(sums)
+            totals = distributed.all_reduce_sum(torch.stack([*(sums[k].to(device) for k in keys),
+                                                             torch.tensor(float(seen), device=device)]))
+            sums = dict(zip(keys, totals[:-1], strict=True))
+            batches, seen = batches * self.world, int(totals[-1].item())
+            distributed.broadcast_buffers(self.trainable)  # rank 0's BatchNorm statistics, evaluated and saved
+        metrics = {f"train/{k}": v.item() / max(batches, 1) for k, v in sums.items()}
+        if optimizer is not None:  # the rate the epoch started with (a manual task reports its own)
+            metrics["lr"] = lr_start
+        metrics["throughput"] = seen / max(elapsed, 1e-9)
+        return metrics
 
+    def evaluate(self) -> dict[str, float]:
+        """``val/*`` and ``test/*`` of the model as it stands."""
+        return {f"{name}/{key}": value for name, batches in self.evals.items()
+                for key, value in evaluate(self.task.model, batches, self.runtime).items()}
 
-@torch.no_grad()
-def predict(model: nn.Module, batches: Batches, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels, predicted classes) over ``batches``, on the CPU."""
-    model.eval()
-    ys, ps = [], []
-    for x, y in batches.epoch(0):
-        with autocast(runtime):
-            logits, y = flatten_positions(model(x), y)
-        ps.append(logits.argmax(1).cpu())
-        ys.append(y.cpu())
-    return torch.cat(ys), torch.cat(ps)
+    def keep(self, epoch: int, metrics: dict[str, float], evaluated: bool) -> None:
+        """Add the epoch to the history; keep it as the best if it was evaluated and beats the best so far."""
+        metrics["epoch"] = epoch
+        self.history.append(metrics)
+        if evaluated and is_better(metrics, self.best, self.cfg.select_on):
+            self.best = dict(metrics)
+            self.best_state = cpu_state(self.task.model) if self.cfg.keep == "best" else None
+
+    def save(self, epoch: int) -> None:
+        """The epoch's checkpoint, atomically, on rank 0, after what was logged is durable."""
+        if not distributed.is_main():
+            return
+        task = self.task
+        self.recorder.flush()  # the steps logged so far are in the store before the checkpoint says they ran
+        checkpoint.save_atomic(
+            {
+                "model": task.model.state_dict(),
+                "extra": {k: m.state_dict() for k, m in task.extra.items()},
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "state": {k: obj.state_dict() for k, obj in task.state.items()},
+                "epoch": epoch + 1,
+                "history": self.history,
+                "best": self.best,
+                "best_model": self.best_state,
+            },
+            self.checkpoint_path,
+        )
+
+    def mark_stopped(self) -> None:
+        if distributed.is_main():
+            state = checkpoint.load(self.checkpoint_path)
+            checkpoint.save_atomic({**state, "stopped": self.stopped}, self.checkpoint_path)
+
+    def result(self) -> FitResult:
+        return FitResult(history=self.history, best=self.best, last=self.history[-1] if self.history else {},
+                         best_state=self.best_state, stopped=self.stopped)
 
 
 def fit(
@@ -239,155 +359,27 @@ def fit(
 
     A step written as ``step(x, y, info)`` gets a ``StepInfo`` (epoch and step); ``step(x, y)`` works as
     before."""
-    recorder = recorder if recorder is not None else NoRecorder()
-    device = runtime.device
-    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
-    for module in [task.model, *task.extra.values(), *task.frozen.values()]:
-        module.to(device=device, memory_format=memory_format)
-    for module in task.frozen.values():
-        module.eval().requires_grad_(False)
-
-    trainable = [task.model, *task.extra.values()]
-    optimizer = None
-    if not task.manual:
-        optimizer = build_optimizer([p for m in trainable for p in m.parameters()], cfg.optimizer, device)
-    rank, world = distributed.group_rank(), distributed.world_size()
-    train = Batches(
-        task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * world,
-        mean=info.mean, std=info.std, device=device, seed=seed,
-        augment=augment if hasattr(augment, "draw") else batch_augment(augment), rank=rank, world_size=world,
-        placement=runtime.data_placement, workers=runtime.loader_workers, views=task.views,
-    )
-    evals = {  # each rank evaluates its part of the set; evaluate() adds the parts up
-        name: Batches(data if world == 1 else data.subset(distributed.split(len(data), rank, world)),
-                      cfg.eval_batch_size, shuffle=False, mean=info.mean, std=info.std, device=device,
-                      placement=runtime.data_placement, workers=runtime.loader_workers)
-        for name, data in eval_sets.items()
-        if len(data) > 0
-    }
-    scheduler = None
-    if optimizer is not None:
-        scheduler = build_scheduler(optimizer, cfg.schedule, len(train), cfg.epochs, cfg.optimizer.lr)
-    # a manual step calls backward and optimizers itself: compile its models, not the step
-    with_info = takes_info(task.step)
-    step_fn = torch.compile(task.step) if runtime.compile and not task.manual else task.step
-    step_fn = data_parallel(task, step_fn, runtime)
-
-    start, history, best, best_state, stopped = 0, [], {}, None, None
-    distributed.barrier()  # no rank looks for the checkpoint once rank 0 may be writing this stage's
-    if checkpoint_path.is_file():
-        state = checkpoint.load(checkpoint_path)
-        checkpoint.load_weights(task.model, state["model"], str(checkpoint_path))
-        for name, module in task.extra.items():
-            checkpoint.load_weights(module, state["extra"][name], f"{checkpoint_path} (extra {name})")
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        for name, obj in task.state.items():
-            obj.load_state_dict(state["state"][name])
-        start, history, best = state["epoch"], state["history"], state["best"]
-        best_state = state.get("best_model")
-        stopped = state.get("stopped")
-        if stopped:  # stopped early by a callback before the run was interrupted: it stays stopped
-            start = cfg.epochs
-        if distributed.is_main():
-            for metrics in history:
-                recorder.relog(metrics["epoch"], metrics)
-
-    progress = Progress(runtime.progress if distributed.is_main() else "none", stage, cfg.epochs, len(train))
+    run = FitRun(task, cfg, stage, seed, runtime, checkpoint_path,
+                 recorder if recorder is not None else NoRecorder(), log_every_steps)
+    run.set_up(info, eval_sets, augment)
+    run.resume()
+    progress = Progress(runtime.progress if distributed.is_main() else "none", stage, cfg.epochs, len(run.train))
     try:
-        for epoch in range(start, cfg.epochs):
-            torch.manual_seed(distributed.rank_seed(seed_for(seed, epoch)))  # dropout and any other global draws
-            for module in trainable:
-                module.train()
-            progress.start_epoch(epoch)
-            if task.on_epoch is not None:
-                task.on_epoch(epoch)
-            sums: dict[str, torch.Tensor] = {}
-            nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # counted on the device: no sync per step
-            batches, seen = 0, 0
-            lr_start = optimizer.param_groups[0]["lr"] if optimizer is not None else None
-            t0 = time.perf_counter()
-            for x, y in train.epoch(epoch):
-                if runtime.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                lr_now = optimizer.param_groups[0]["lr"] if optimizer is not None else None
-                step_number = epoch * len(train) + batches + 1  # 1-based, over the whole fit
-                with autocast(runtime):
-                    loss, extra = step_fn(x, y, StepInfo(epoch, step_number)) if with_info else step_fn(x, y)
-                if optimizer is not None:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                nonfinite += (~torch.isfinite(loss.detach())).sum()
-                for key, value in {"loss": loss, **extra}.items():
-                    value = value.detach().float()
-                    sums[key] = sums[key] + value if key in sums else value
-                batches += 1
-                seen += len(y)
-                if log_every_steps and step_number % log_every_steps == 0 \
-                        and distributed.is_main():  # one read of the device every log_every_steps steps
-                    values = {f"train/{k}": float(v.detach().float().mean())
-                              for k, v in {"loss": loss, **extra}.items()}
-                    if lr_now is not None:
-                        values["lr"] = lr_now
-                    recorder.step_metrics(step_number, values)
-                progress.advance()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
-            if distributed.active():
-                nonfinite = distributed.all_reduce_sum(nonfinite)
-            check_finite(nonfinite, batches * world, cfg.max_nonfinite_steps, stage, epoch)
-            if distributed.active():  # one all-reduce per epoch: means over every rank's steps
-                keys = sorted(sums)
-                totals = distributed.all_reduce_sum(torch.stack([*(sums[k].to(device) for k in keys),
-                                                                 torch.tensor(float(seen), device=device)]))
-                sums = dict(zip(keys, totals[:-1], strict=True))
-                batches, seen = batches * world, int(totals[-1].item())
-                distributed.broadcast_buffers(trainable)  # rank 0's BatchNorm statistics, evaluated and saved
-            metrics = {f"train/{k}": v.item() / max(batches, 1) for k, v in sums.items()}
-            if optimizer is not None:  # the rate the epoch started with (a manual task reports its own)
-                metrics["lr"] = lr_start
-            metrics["throughput"] = seen / max(elapsed, 1e-9)
+        for epoch in range(run.start, cfg.epochs):
+            metrics = run.train_epoch(epoch, progress)
             evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             if evaluated:
                 progress.phase("evaluating")
-                for name, batches_ in evals.items():
-                    for key, value in evaluate(task.model, batches_, runtime).items():
-                        metrics[f"{name}/{key}"] = value
-            metrics["epoch"] = epoch
-            history.append(metrics)
-            if evaluated and is_better(metrics, best, cfg.select_on):
-                best = dict(metrics)
-                best_state = cpu_state(task.model) if cfg.keep == "best" else None
+                metrics.update(run.evaluate())
+            run.keep(epoch, metrics, evaluated)
             progress.phase("saving checkpoint")
-            if distributed.is_main():
-                recorder.flush()  # the steps logged so far are in the store before the checkpoint says they ran
-                checkpoint.save_atomic(
-                    {
-                        "model": task.model.state_dict(),
-                        "extra": {k: m.state_dict() for k, m in task.extra.items()},
-                        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "state": {k: obj.state_dict() for k, obj in task.state.items()},
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "best": best,
-                        "best_model": best_state,
-                    },
-                    checkpoint_path,
-                )
+            run.save(epoch)
             progress.phase("logging")
-            stopped = recorder.epoch_end(epoch, metrics)
+            run.stopped = run.recorder.epoch_end(epoch, metrics)
             progress.end_epoch(epoch, metrics)
-            if stopped:  # a callback ended this loop: say so in the checkpoint, so a resume does not go on
-                if distributed.is_main():
-                    state = checkpoint.load(checkpoint_path)
-                    checkpoint.save_atomic({**state, "stopped": stopped}, checkpoint_path)
+            if run.stopped:  # a callback ended this loop: say so in the checkpoint, so a resume does not go on
+                run.mark_stopped()
                 break
     finally:
         progress.close()
-    return FitResult(history=history, best=best, last=history[-1] if history else {}, best_state=best_state,
-                     stopped=stopped)
+    return run.result()
