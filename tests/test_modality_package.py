@@ -74,6 +74,29 @@ def test_noise_augmentation_applies_its_draw_by_hand_and_rebuilds_the_same_view(
     assert type(stacked).__name__ == "NoiseDraw" and stacked.noise.shape == (2, 2)
 
 
+def test_recorded_noise_views_rebuild_each_draw_exactly(tabular):
+    import mentor
+
+    noise = tabular("modality").FeatureNoise(sigma=0.3, drop=0.2, mean=[0.0, 1.0, 2.0], std=[1.0, 1.0, 1.0])
+    x = torch.randn(5, 3)
+    views = mentor.RecordedViews.for_stage(noise, _draw_views(noise, 5, 3), 3, 5, seed=1)
+    assert type(views.draws).__name__ == "NoiseDraw" and views.draws.noise.shape == (3, 5, 3)
+    rows = torch.arange(5)
+    for epoch in range(3):  # the view a row shows in an epoch is its recorded draw, applied to it
+        shown = views.apply(x, rows, epoch)
+        v = views.view_of(rows, epoch)
+        for i in range(5):
+            one = tabular("modality").NoiseDraw(noise=views.draws.noise[v[i], i][None],
+                                                keep=views.draws.keep[v[i], i][None])
+            assert torch.equal(shown[i:i + 1], noise.apply(x[i:i + 1], one))
+
+
+def _draw_views(augment, n, count):
+    """Draws as the teacher cache records them: ``count`` views per row, stacked ``[V, N, ...]``."""
+    draws = [augment.draw(n, torch.Generator().manual_seed(v)) for v in range(count)]
+    return type(draws[0])(**{k: torch.stack([d.tensors()[k] for d in draws]) for k in draws[0].tensors()})
+
+
 def _tables(folder: Path) -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 3, (3, 6))
@@ -98,7 +121,7 @@ EXPERIMENT = {
          "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
         {"name": "distill", "kind": "distill", "teacher": "teacher", "student": "student", "epochs": 10,
          "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-         "augment": {"randaugment": {"num_ops": 2, "magnitude": 3}},
+         "augment": {"randaugment": {"num_ops": 2, "magnitude": 3}}, "teacher_cache": {"views": 4},
          "losses": [{"name": "cross_entropy", "weight": 0.5}, {"name": "kd", "weight": 0.5}], "export": {}},
         {"name": "pseudo", "kind": "pseudo_label", "teacher": "teacher", "student": "student", "epochs": 3,
          "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05},
@@ -130,6 +153,7 @@ def test_train_distill_pseudo_label_export_and_predict_feature_vectors_from_the_
     assert all(r.info.status == "FINISHED" for r in runs)
     assert stages["teacher"].data.metrics["test/accuracy"] > 0.9
     assert stages["distill"].data.metrics["test/accuracy"] > 0.9
+    assert stages["distill"].data.tags["mentor.teacher_cache"].startswith("on")  # recorded noise views
     round1 = next(r for r in runs if r.data.tags.get("mentor.kind") == "child"
                   and r.data.tags.get("mentor.stage") == "pseudo")
     assert round1.data.metrics["pseudo/selected_rows"] > 0 and round1.data.metrics["pseudo/precision"] > 0.9

@@ -96,7 +96,13 @@ def open_cache(teacher: nn.Module, images: torch.Tensor, *, config: TeacherCache
     meta = distributed.on_main(find_or_build)
     draws = torch.load(folder / "views.pt", weights_only=True)
     return TeacherCache.open(folder, meta, {role: ArrayFile.from_json(a) for role, a in meta["arrays"].items()},
-                             augment, AugmentDraw(**draws), views, stage_seed, runtime.device)
+                             augment, draw_class(augment)(**draws), views, stage_seed, runtime.device)
+
+
+def draw_class(augment) -> type[AugmentDraw]:
+    """The draw type an augmenter returns (``AugmentDraw``, or another modality's subclass): what stored draws
+    are rebuilt as."""
+    return type(augment.draw(0, None, "cpu")) if hasattr(augment, "draw") else AugmentDraw
 
 
 @contextlib.contextmanager
@@ -197,7 +203,7 @@ def _run_teacher(folder, arrays, teacher, images, augment, draws, nodes, mean, s
     maps = {role: a.map(folder, writable=True) for role, a in arrays.items()}
     dtype = torch.float16 if record["store"] == "float16" else torch.float32
     n, views = len(images), record["views"]
-    recorded = RecordedViews(augment, AugmentDraw(**draws), torch.zeros(n, dtype=torch.long), views)
+    recorded = RecordedViews(augment, draw_class(augment)(**draws), torch.zeros(n, dtype=torch.long), views)
     rows_set = ImageSet(images, torch.arange(n))
     n_chunks = -(-n // CHUNK_ROWS)
     done_dir = folder / "done"
