@@ -184,6 +184,12 @@ class StageContext(ModelBuilding, Recording, TeacherCaching):
             self.state.modality = modality_of(self.registry, self.info)
         return self.state.modality
 
+    def consistency_views(self, strong=None, cfg: TrainingConfig | None = None):
+        """The weak and strong views of unlabeled batches for a consistency method, by the data's modality
+        (``Modality.consistency_views``): ``strong`` is the stage's strong-augmentation setting (num_ops,
+        magnitude, cutout), or None for two weak views (Mean Teacher)."""
+        return self.modality.consistency_views(self.augment_config(cfg), strong, self.info)
+
     def augmenter(self, cfg: TrainingConfig | None = None):
         """The training batches' augmentation ``cfg`` asks for, by the data's modality (None: none)."""
         return self.modality.augmenter(self.augment_config(cfg), self.info)

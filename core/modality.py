@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .data.augment import BatchAugment
+from .data.strong_augment import StrongAugment
 from .data.types import DataInfo
 from .deploy.predict_inputs import PredictBatch
 
@@ -63,6 +64,21 @@ class Modality:
             raise ValueError(f"{type(self).__name__} examples have no crop, flip or RandAugment: leave augment out")
         return None
 
+    def consistency_views(self, cfg, strong, info: DataInfo):
+        """The two views a consistency method (FixMatch, MPL, Mean Teacher) makes of an unlabeled batch, each
+        called as ``view(x, generator)``: the weak one from ``cfg`` (the stage's augmentation), the strong one
+        from ``strong`` (its ``num_ops`` and ``magnitude``, as a RandAugment setting for ``augmenter``), or
+        the weak one again when ``strong`` is None (Mean Teacher)."""
+        from .config.schema import AugmentConfig
+
+        weak_cfg = cfg.model_copy(update={"randaugment": None}) if cfg is not None else None
+        weak = _called(self.augmenter(weak_cfg, info))
+        if strong is None:
+            return weak, weak
+        strong_cfg = AugmentConfig.model_validate({"randaugment": {"num_ops": strong.num_ops,
+                                                                   "magnitude": strong.magnitude}})
+        return weak, _called(self.augmenter(strong_cfg, info))
+
     def predict_batches(self, sources: Sequence[str], record, batch_size: int) -> Iterator[PredictBatch]:
         """``mentor predict``'s inputs as raw examples in batches, read in the shipped model's recorded form
         (``record``, a ``mentor.preprocess`` record with the source's ``details``)."""
@@ -92,11 +108,35 @@ class ImageModality(Modality):
         strong = (cfg.randaugment.num_ops, cfg.randaugment.magnitude) if cfg.randaugment else None
         return BatchAugment(cfg.crop_padding, cfg.flip, strong)
 
+    def consistency_views(self, cfg, strong, info: DataInfo):
+        """Weak: crop and flip; strong: crop and flip, then RandAugment and Cutout (``StrongAugment``)."""
+        weak = BatchAugment(cfg.crop_padding, cfg.flip)
+        if strong is None:
+            return weak, weak
+        return weak, StrongAugment(strong.num_ops, strong.magnitude, strong.cutout, cfg.crop_padding, cfg.flip)
+
     def predict_batches(self, sources, record, batch_size: int, *, workers: int = 2) -> Iterator[PredictBatch]:
         """Image files, folders, glob patterns and .parquet/.csv lists of paths, decoded as an unlabeled pool is."""
         from .deploy.predict import image_batches
 
         return image_batches(sources, record, batch_size, workers=workers)
+
+
+class _Called:
+    """A modality's augmenter (draw, then apply) called as ``view(x, generator)``."""
+
+    active = True
+
+    def __init__(self, augmenter):
+        self.augmenter = augmenter
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.augmenter.apply(x, self.augmenter.draw(x.shape[0], generator, x.device))
+
+
+def _called(augmenter):
+    """``augmenter`` as a view (None: no change)."""
+    return BatchAugment() if augmenter is None else _Called(augmenter)
 
 
 IMAGE = "image"

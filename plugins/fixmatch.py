@@ -18,10 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mentor import (
-    BatchAugment,
     StageContext,
     StageResult,
-    StrongAugment,
     TrainTask,
     build_optimizer,
     build_scheduler,
@@ -146,12 +144,9 @@ def run_fixmatch(stage: FixMatchStage, ctx: StageContext) -> StageResult:
               if flex is not None else None)
     method = FixMatch(model, optimizer, stage, ema=ema, schedule=_schedule(optimizer, stage, steps), memory=memory)
 
-    augment = ctx.augment_config()
-    strong = StrongAugment(stage.strong_augment.num_ops, stage.strong_augment.magnitude, stage.strong_augment.cutout,
-                           augment.crop_padding, augment.flip)
-    feed = UnlabeledFeed(unlabeled, stage.batch_size * stage.unlabeled_ratio,
-                         BatchAugment(augment.crop_padding, augment.flip), strong,
-                         mean=ctx.info.mean, std=ctx.info.std, device=device, seed=derive_seed(ctx.seed, "unlabeled"))
+    weak, strong = ctx.consistency_views(stage.strong_augment)
+    feed = UnlabeledFeed(unlabeled, stage.batch_size * stage.unlabeled_ratio, weak, strong, mean=ctx.info.mean,
+                         std=ctx.info.std, device=device, seed=derive_seed(ctx.seed, "unlabeled"))
     record = EpochRecord()
     trained = {"epochs": 0}
 

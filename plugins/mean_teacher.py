@@ -19,7 +19,6 @@ from pydantic import Field
 from torch import nn
 
 from mentor import (
-    BatchAugment,
     ModelKey,
     StageContext,
     StageName,
@@ -149,8 +148,7 @@ def run_mean_teacher(stage: MeanTeacherStage, ctx: StageContext) -> StageResult:
     method = MeanTeacher(student, teacher, optimizer, stage, schedule=schedule,
                          rampup_steps=stage.rampup_epochs * steps, device=device,
                          seed=derive_seed(ctx.seed, "mean-teacher-noise"))
-    augment = ctx.augment_config()
-    view = BatchAugment(augment.crop_padding, augment.flip)
+    view, _ = ctx.consistency_views(None)
     feed = UnlabeledFeed(unlabeled, stage.batch_size * stage.unlabeled_ratio, view, view,
                          mean=ctx.info.mean, std=ctx.info.std, device=device, seed=derive_seed(ctx.seed, "unlabeled"))
 

@@ -18,10 +18,8 @@ import torch
 from torch import nn
 
 from mentor import (
-    BatchAugment,
     StageContext,
     StageResult,
-    StrongAugment,
     TrainTask,
     build_optimizer,
     build_scheduler,
@@ -85,12 +83,9 @@ def run_mpl(stage: MPLStage, ctx: StageContext) -> StageResult:
     mpl = MetaPseudoLabels(teacher, student, teacher_optimizer, student_optimizer, stage, ema=ema,
                            teacher_schedule=teacher_schedule, student_schedule=student_schedule, device=device)
 
-    augment = ctx.augment_config()
-    strong = StrongAugment(stage.strong_augment.num_ops, stage.strong_augment.magnitude, stage.strong_augment.cutout,
-                           augment.crop_padding, augment.flip)
-    feed = UnlabeledFeed(unlabeled, stage.batch_size * stage.unlabeled_ratio,
-                         BatchAugment(augment.crop_padding, augment.flip), strong,
-                         mean=ctx.info.mean, std=ctx.info.std, device=device, seed=derive_seed(ctx.seed, "unlabeled"))
+    weak, strong = ctx.consistency_views(stage.strong_augment)
+    feed = UnlabeledFeed(unlabeled, stage.batch_size * stage.unlabeled_ratio, weak, strong, mean=ctx.info.mean,
+                         std=ctx.info.std, device=device, seed=derive_seed(ctx.seed, "unlabeled"))
     channels_last = ctx.runtime.channels_last
 
     rows = None

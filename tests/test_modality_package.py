@@ -1,5 +1,9 @@
 """A second modality as a third-party package: tests/packages/mentor-tabular, pip-installed, run from the CLI.
 
+Train, distill (from the teacher cache's recorded noise views), pseudo_label,
+FixMatch, Mean Teacher and MPL (their strong view is the modality's),
+export, the compression report and predict, on feature vectors from CSV.
+
 The package registers a `tabular` modality (float feature vectors, noise
 augmentation as draw + apply, CSV/parquet rows for predict), a table data
 source and an MLP, written against `import mentor` only (docs/plugins.md,
@@ -126,6 +130,12 @@ EXPERIMENT = {
         {"name": "pseudo", "kind": "pseudo_label", "teacher": "teacher", "student": "student", "epochs": 3,
          "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05},
          "selection": {"name": "threshold", "params": {"tau": 0.5}}},
+        {"name": "fixmatch", "kind": "fixmatch", "model": "student", "init": "distill", "epochs": 2,
+         "steps_per_epoch": 10, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.03, "momentum": 0.9}},
+        {"name": "mean_teacher", "kind": "mean_teacher", "model": "student", "epochs": 1, "steps_per_epoch": 10,
+         "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.03}},
+        {"name": "mpl", "kind": "mpl", "teacher": "teacher", "student": "student", "epochs": 1, "batch_size": 16,
+         "optimizer": {"name": "sgd", "lr": 0.03}, "teacher_optimizer": {"name": "sgd", "lr": 0.01}},
     ],
     "report": {},
 }
@@ -149,7 +159,7 @@ def test_train_distill_pseudo_label_export_and_predict_feature_vectors_from_the_
     experiment = client.get_experiment_by_name("tabular")
     runs = client.search_runs([experiment.experiment_id])
     stages = {r.data.tags["mentor.stage"]: r for r in runs if r.data.tags.get("mentor.kind") == "stage"}
-    assert set(stages) == {"teacher", "distill", "pseudo"}
+    assert set(stages) == {"teacher", "distill", "pseudo", "fixmatch", "mean_teacher", "mpl"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert stages["teacher"].data.metrics["test/accuracy"] > 0.9
     assert stages["distill"].data.metrics["test/accuracy"] > 0.9
@@ -157,6 +167,8 @@ def test_train_distill_pseudo_label_export_and_predict_feature_vectors_from_the_
     round1 = next(r for r in runs if r.data.tags.get("mentor.kind") == "child"
                   and r.data.tags.get("mentor.stage") == "pseudo")
     assert round1.data.metrics["pseudo/selected_rows"] > 0 and round1.data.metrics["pseudo/precision"] > 0.9
+    fixmatch = stages["fixmatch"].data.metrics  # weak view as is, strong view: the modality's noise
+    assert 0 < fixmatch["fixmatch/mask_rate"] <= 1 and fixmatch["test/accuracy"] > 0.9
 
     onnx_file = next((tmp_path / "mlruns").rglob("distill/export/model.onnx"))
     model = onnx.load(str(onnx_file))
