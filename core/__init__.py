@@ -66,6 +66,8 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     'CheckpointError': ('.engine.checkpoint', 'CheckpointError'),
     'TrainTask': ('.engine.loop', 'TrainTask'),
     'StepInfo': ('.engine.loop', 'StepInfo'),
+    'Step': ('.engine.loop', 'Step'),
+    'Batch': ('.engine.loop', 'Batch'),
     'build_optimizer': ('.engine.optim', 'build_optimizer'),
     'build_scheduler': ('.engine.optim', 'build_scheduler'),
     'lr_factor': ('.engine.optim', 'lr_factor'),
@@ -184,6 +186,8 @@ __all__ = [
     "StopRun",
     "TrainTask",
     "StepInfo",
+    "Step",
+    "Batch",
     "Runtime",
     "autocast",
     "build_optimizer",
@@ -253,7 +257,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the names as plain imports
     from .deploy.predict_inputs import PredictBatch
     from .engine import distributed
     from .engine.checkpoint import CheckpointError
-    from .engine.loop import StepInfo, TrainTask
+    from .engine.loop import Batch, Step, StepInfo, TrainTask
     from .engine.optim import build_optimizer, build_scheduler, lr_factor
     from .engine.runtime import Runtime, autocast
     from .features import FeatureError, FeatureTap, probe

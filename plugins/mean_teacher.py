@@ -19,10 +19,12 @@ from pydantic import Field
 from torch import nn
 
 from mentor import (
+    Batch,
     ModelKey,
     StageContext,
     StageName,
     StageResult,
+    StepInfo,
     TrainingStageConfig,
     TrainTask,
     build_optimizer,
@@ -136,6 +138,26 @@ class Counter:
         self.step = int(state["step"])
 
 
+class MeanTeacherStep:
+    """The stage's step (``mentor.Step``): a labeled batch, two views of an unlabeled one, one update;
+    each epoch starts the unlabeled feed and the noise generator from the stage's seed and the epoch."""
+
+    def __init__(self, method: MeanTeacher, feed: UnlabeledFeed, ctx: StageContext):
+        self.method, self.feed, self.ctx = method, feed, ctx
+
+    def epoch_start(self, epoch: int) -> None:
+        self.feed.start(epoch)
+        self.method.generator.manual_seed(distributed.rank_seed(derive_seed(self.ctx.seed, "mean-teacher-noise",
+                                                                            epoch)))
+
+    def __call__(self, batch: Batch, info: StepInfo):
+        x_u1, x_u2 = self.feed.next()
+        if self.ctx.runtime.channels_last:
+            x_u1 = x_u1.contiguous(memory_format=torch.channels_last)
+            x_u2 = x_u2.contiguous(memory_format=torch.channels_last)
+        return self.method.step(batch.inputs, batch.targets, x_u1, x_u2)
+
+
 def run_mean_teacher(stage: MeanTeacherStage, ctx: StageContext) -> StageResult:
     unlabeled = unlabeled_split(ctx)
     device = ctx.device
@@ -152,20 +174,10 @@ def run_mean_teacher(stage: MeanTeacherStage, ctx: StageContext) -> StageResult:
     feed = UnlabeledFeed(unlabeled, stage.batch_size * stage.unlabeled_ratio, view, view,
                          mean=ctx.info.mean, std=ctx.info.std, device=device, seed=derive_seed(ctx.seed, "unlabeled"))
 
-    def on_epoch(epoch: int) -> None:
-        feed.start(epoch)
-        method.generator.manual_seed(distributed.rank_seed(derive_seed(ctx.seed, "mean-teacher-noise", epoch)))
-
-    def step(x, y):
-        x_u1, x_u2 = feed.next()
-        if ctx.runtime.channels_last:
-            x_u1 = x_u1.contiguous(memory_format=torch.channels_last)
-            x_u2 = x_u2.contiguous(memory_format=torch.channels_last)
-        return method.step(x, y, x_u1, x_u2)
-
     kept, other = (teacher, student) if stage.keep_model == "teacher" else (student, teacher)
-    task = TrainTask(model=kept, step=step, data=labeled, extra={"student" if kept is teacher else "teacher": other},
-                     on_epoch=on_epoch, manual=True, state=method.state(), averages_gradients=True)
+    task = TrainTask(model=kept, step=MeanTeacherStep(method, feed, ctx), data=labeled,
+                     extra={"student" if kept is teacher else "teacher": other}, manual=True, state=method.state(),
+                     averages_gradients=True)
     return ctx.fit(task, stage.model)
 
 

@@ -79,3 +79,52 @@ def test_a_step_gets_step_info_only_when_written_to_take_it():
 
     assert not takes_info(old) and not takes_info(bound)
     assert takes_info(typed) and takes_info(by_name)
+
+
+def test_a_step_object_gets_batches_and_info_and_its_lifecycle_from_the_loop(tmp_path):
+    """The typed contract: ``step(batch, info)`` with ``epoch_start`` and ``fit_end`` on the object; a resumed
+    fit starts the epoch it resumes and ends again; the weights it trains are the model's."""
+    import mentor
+    from mentor.config.schema import TrainingConfig
+    from mentor.engine.loop import fit
+    from mentor.engine.runtime import Runtime
+
+    class Step:
+        def __init__(self, model):
+            self.model, self.calls = model, []
+
+        def epoch_start(self, epoch):
+            self.calls.append(("epoch", epoch))
+
+        def fit_end(self):
+            self.calls.append(("end",))
+
+        def __call__(self, batch: mentor.Batch, info: mentor.StepInfo):
+            self.calls.append(("step", info.epoch, info.step, tuple(batch.inputs.shape), batch.targets.tolist()))
+            return torch.nn.functional.cross_entropy(self.model(batch.inputs), batch.targets), {}
+
+    torch.manual_seed(0)
+    data = mentor.ImageSet(torch.randint(0, 256, (4, 1, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
+    info = mentor.DataInfo(num_classes=2, in_channels=1, image_size=(2, 2), mean=(0.5,), std=(0.25,))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    runtime = Runtime(torch.device("cpu"), None, False, False, "none")
+    cfg = TrainingConfig(epochs=2, batch_size=2, optimizer={"name": "sgd", "lr": 0.1})
+
+    def run(epochs):
+        step = Step(model)
+        task = mentor.TrainTask(model=model, step=step, data=data)
+        assert task.on_epoch == step.epoch_start and task.on_end == step.fit_end
+        result = fit(task, cfg.model_copy(update={"epochs": epochs}), stage="s", seed=0, info=info, eval_sets={},
+                     augment=None, runtime=runtime, checkpoint_path=tmp_path / "c.pt")
+        task.on_end()  # StageContext.fit calls it after the loop
+        return step.calls, result
+
+    calls, result = run(1)
+    assert [c[0] for c in calls] == ["epoch", "step", "step", "end"] and calls[0] == ("epoch", 0)
+    assert [c[1:3] for c in calls if c[0] == "step"] == [(0, 1), (0, 2)]  # epoch 0, steps 1 and 2 of the fit
+    assert all(c[3] == (2, 1, 2, 2) for c in calls if c[0] == "step")  # normalised images, as the data holds them
+    assert sorted(sum((c[4] for c in calls if c[0] == "step"), [])) == [0, 0, 1, 1]  # every label once
+    calls, result = run(2)  # resumed from epoch 1's checkpoint: the second epoch only
+    assert [c[0] for c in calls] == ["epoch", "step", "step", "end"] and calls[0] == ("epoch", 1)
+    assert [c[1:3] for c in calls if c[0] == "step"] == [(1, 3), (1, 4)]
+    assert len(result.history) == 2

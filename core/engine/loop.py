@@ -28,8 +28,18 @@ from ..data.loader import Batches
 from ..data.types import DataInfo, ImageSet
 from ..data.views import RecordedViews
 from . import checkpoint, distributed
+from .data_parallel import StepModule, data_parallel  # noqa: F401 (re-exported)
 from .evaluation import evaluate, is_better, predict  # noqa: F401 (re-exported)
-from .fit_protocol import NoRecorder, Recorder, StepInfo, takes_info  # noqa: F401 (re-exported)
+from .fit_protocol import (  # noqa: F401 (re-exported)
+    Batch,
+    BatchStep,
+    NoRecorder,
+    Recorder,
+    Step,
+    StepInfo,
+    takes_batch,
+    takes_info,
+)
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress
 from .runtime import Runtime, autocast
@@ -41,9 +51,11 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, to
 class TrainTask:
     """What a method hands the loop.
 
-    ``step(x, y)`` (or ``step(x, y, info)``, which also gets a ``StepInfo``: the
-    epoch and step) returns the loss to minimise and extra per-batch metrics
-    (tensors; averaged over the epoch, logged under ``train/``). ``model`` is
+    ``step(batch, info)`` (a ``Step``: ``Batch`` and ``StepInfo``; an object may
+    carry its lifecycle, ``epoch_start`` and ``fit_end``), or as before
+    ``step(x, y)`` / ``step(x, y, info)`` with ``on_epoch`` and ``on_end``,
+    returns the loss to minimise and extra per-batch metrics (tensors;
+    averaged over the epoch, logged under ``train/``). ``model`` is
     trained, evaluated and exported; ``extra`` modules (regressors, heads)
     are trained and checkpointed with it but not exported; ``frozen`` ones
     (teachers) are kept in eval mode on the device.
@@ -80,6 +92,17 @@ class TrainTask:
     averages_gradients: bool = False
     views: RecordedViews | None = None
 
+    def __post_init__(self):
+        """A ``Step`` object's lifecycle (``epoch_start``, ``fit_end``) and the ``step(batch, info)`` form, put
+        in the terms the loop calls (``on_epoch``, ``on_end``, ``step(x, y, info)``)."""
+        typed = self.step
+        if self.on_epoch is None and callable(getattr(typed, "epoch_start", None)):
+            self.on_epoch = typed.epoch_start
+        if self.on_end is None and callable(getattr(typed, "fit_end", None)):
+            self.on_end = typed.fit_end
+        if takes_batch(typed):
+            self.step = BatchStep(typed)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite on more steps of an epoch than the stage allows: the epoch's
@@ -109,42 +132,6 @@ def check_finite(nonfinite: torch.Tensor, steps: int, allowed: int, stage: str, 
             f"stage '{stage}' diverged: the loss was NaN or infinite on {bad} of {steps} steps of epoch "
             f"{epoch + 1} (allowed: {allowed}, max_nonfinite_steps); nothing of this epoch was saved. "
             "Lower the learning rate, add warm-up, or use a smaller loss weight")
-
-
-class StepModule(nn.Module):
-    """The trained modules with the step as forward: what DistributedDataParallel wraps.
-
-    Methods' steps call their models directly (``model(x)``, a feature tap);
-    running the whole step as this module's forward puts every such call
-    inside DDP's forward, so DDP sees each iteration and averages the
-    gradients of all trained parameters, however the step reached them.
-    """
-
-    def __init__(self, step: StepFn, modules: list[nn.Module]):
-        super().__init__()
-        self.step = step
-        self.trained = nn.ModuleList(modules)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, *info):
-        return self.step(x, y, *info)
-
-
-def data_parallel(task: TrainTask, step: StepFn, runtime: Runtime) -> StepFn:
-    """The step to call: as it is in one process, through DDP with several."""
-    if not distributed.active():
-        return step
-    if task.manual:
-        if not task.averages_gradients:
-            raise ValueError("this method steps its own optimizers without averaging gradients over processes "
-                             "(TrainTask.averages_gradients): run it in one process, not under torchrun")
-        return step
-    trained = [task.model, *task.extra.values()]
-    if not any(p.requires_grad for m in trained for p in m.parameters()):
-        return step
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-    return DistributedDataParallel(StepModule(step, trained), device_ids=device_ids)
 
 
 def batch_augment(cfg: AugmentConfig | None) -> BatchAugment | None:
