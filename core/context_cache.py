@@ -1,7 +1,7 @@
 """A stage's teacher cache: found, resumed or built for a frozen teacher, and recorded on the stage's run.
 
-``DataAndCaches`` (context_data.py) inherits this, and ``StageContext`` it; it needs the context's ``stage``, ``experiment``,
-``info``, ``runtime``, ``seed``, ``dir``, ``tracker`` and ``run_id``, and its
+``DataAndCaches`` (context_data.py) inherits this, and ``StageContext`` it; it needs the
+context's ``stage``, ``experiment``, ``info``, ``runtime``, ``seed``, ``dir``, ``tracker`` and ``run_id``, and its
 ``augment_config``, ``example`` and ``cache_root`` (docs/teacher_cache.md).
 """
 
