@@ -56,7 +56,7 @@ class FeatureTap(nn.Module):
         model = inner
         self.nodes = tuple(dict.fromkeys(nodes))
         self._graph = None
-        self._hooks: list = []
+        self._hooked: list[nn.Module] = []
         self._captured: dict[str, torch.Tensor] = {}
         if not self.nodes:
             return
@@ -77,8 +77,7 @@ class FeatureTap(nn.Module):
                     f"{what}: cannot trace it with torch.fx ({type(exc).__name__}: {exc}); "
                     f"only module names can be tapped then, not {missing}"
                 ) from None
-            for node in self.nodes:
-                self._hooks.append(modules[node].register_forward_hook(self._capture(node)))
+            self._hooked = [modules[node] for node in self.nodes]  # hooked during the tap's own calls only
 
     def _capture(self, node: str):
         def hook(module, inputs, output):
@@ -102,7 +101,13 @@ class FeatureTap(nn.Module):
                 out[self._last] = logits
             return logits, out
         self._captured = {}
-        logits = _inner(self.model)(x)
+        hooks = [module.register_forward_hook(self._capture(node))
+                 for node, module in zip(self.nodes, self._hooked, strict=True)]
+        try:  # the model as it ships carries no hook: a later forward (export, the report's timing) runs bare
+            logits = _inner(self.model)(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
         features, self._captured = self._captured, {}
         return logits, features
 

@@ -99,7 +99,7 @@ def export_stage(ctx: StageContext, result: StageResult) -> dict:
     except ExportError as exc:
         raise ctx.config_error(where, f"stage '{ctx.stage.name}': {exc}; the stage's other artifacts are "
                                "logged: remove `export` or change the model") from None
-    session = OnnxModel(onnx_path)
+    session = OnnxModel(onnx_path, spin=False)  # a check: its threads must not spin once it is done
     check = check_onnx(session, model, _cpu_batches(ctx, _take(test, cfg.check_images), pipeline))
     if check["max_abs_diff"] > cfg.tolerance:
         raise ctx.config_error(where, f"stage '{ctx.stage.name}': ONNX Runtime's logits differ from PyTorch's by "
@@ -121,7 +121,7 @@ def export_stage(ctx: StageContext, result: StageResult) -> dict:
         calibration = (x for x, _ in _cpu_batches(ctx, _take(ctx.splits.labeled, cfg.calibration_images), pipeline,
                                                    32))
         int8_path = quantize_int8(onnx_path, folder / "model.int8.onnx", calibration)
-        int8_accuracy = onnx_accuracy(OnnxModel(int8_path), _cpu_batches(ctx, test, pipeline))
+        int8_accuracy = onnx_accuracy(OnnxModel(int8_path, spin=False), _cpu_batches(ctx, test, pipeline))
         drop = fp32_accuracy - int8_accuracy
         metrics.update({"export.int8.test.accuracy": int8_accuracy, "export.int8.accuracy_drop": drop,
                         "export.int8.size_mb": measure.file_mb(int8_path)})

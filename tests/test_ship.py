@@ -364,3 +364,16 @@ def test_a_stage_resumed_after_its_fit_logs_its_model_and_summary_once(workdir, 
     assert sorted(m.name for m in models) == ["student-student", "student-student-onnx"]
     for key in ("best.test.accuracy", "kept.test.accuracy", "best.epoch"):
         assert len(client.get_metric_history(student.info.run_id, key)) == 1, key
+
+
+def test_a_session_that_only_checks_a_file_does_not_spin_its_threads(tmp_path):
+    """The export's check sessions sleep between runs, so one still alive cannot take CPU from the report's
+    PyTorch timing (issue 28: a distilled student's p95 jumped while its teacher's did not)."""
+    from mentor.deploy.onnx_export import OnnxModel, export_onnx
+
+    path = export_onnx(torch.nn.Linear(3, 2), torch.randn(2, 3), tmp_path / "m.onnx")
+    key = "session.intra_op.allow_spinning"
+    assert OnnxModel(path, spin=False).session.get_session_options().get_session_config_entry(key) == "0"
+    default = OnnxModel(path).session.get_session_options()  # a timed session runs as shipped: ORT's default
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.get_session_config_entry(key)
