@@ -202,13 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mentor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_file(p):
-        p.add_argument("file", help="experiment file (.yaml or .toml)")
-        p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                       help="override a field, e.g. stages[1].epochs=3 (repeatable)")
+    _experiment_commands(sub)
+    _inspection_commands(sub)
+    _result_commands(sub)
+    return parser
 
+
+def _with_file(p) -> None:
+    """An experiment file and its ``--set`` overrides."""
+    p.add_argument("file", help="experiment file (.yaml or .toml)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field, e.g. stages[1].epochs=3 (repeatable)")
+
+
+def _experiment_commands(sub) -> None:
+    """run, sweep, validate: what takes an experiment file."""
     p = sub.add_parser("run", help="run an experiment")
-    with_file(p)
+    _with_file(p)
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_ID",
                    help="continue the last unfinished run of this file (or the given parent run)")
     p.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,...",
@@ -218,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="search hyperparameters with Optuna (the file's search block)")
-    with_file(p)
+    _with_file(p)
     p.add_argument("--trials", type=_positive, default=None, metavar="N",
                    help="the study's size: take trials until it holds N (default: search.trials); "
                         "running again continues the study, a larger N adds trials")
@@ -233,11 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("validate", help="check an experiment file without running it")
-    with_file(p)
+    _with_file(p)
     p.add_argument("--data", action="store_true", help="also read the data: sizes that do not fit it (val_size, "
                    "labeled_per_class, train_subset), pools, each model's classes; as `mentor run` does first")
     p.set_defaults(func=cmd_validate)
 
+
+def _inspection_commands(sub) -> None:
+    """schema, plugins, layers: what is installed and what a model looks like."""
     p = sub.add_parser("schema", help="JSON Schema of experiment files (with all plugins)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
@@ -256,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_layers)
 
+
+def _result_commands(sub) -> None:
+    """compare, export, bench, predict, cache, ui: what runs left and what to do with it."""
     p = sub.add_parser("compare", help="leaderboard of experiments' runs (or sweep trials) from MLflow")
     p.add_argument("experiment", nargs="+", help="experiment name(s) (the file's `name:`); several side by side")
     p.add_argument("--metric", default=None, metavar="METRIC",
@@ -284,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="time each stage's training step: images/s, breakdown, memory, FLOPs, MFU")
-    with_file(p)
+    _with_file(p)
     p.add_argument("--steps", type=_positive, default=20, metavar="N", help="timed steps per stage (default 20)")
     p.add_argument("--warmup", type=int, default=5, metavar="W", help="warm-up steps before timing (default 5)")
     p.add_argument("--stage", action="extend", nargs="+", default=None, metavar="NAME",
@@ -295,10 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the device's peak TFLOP/s for MFU (default: dense bf16 peak of known GPUs)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("predict", help="top-k classes of image files, preprocessed as the model was trained")
+    p = sub.add_parser("predict", help="top-k classes of image files (or another modality's inputs), preprocessed "
+                       "as the model was trained")
     p.add_argument("model", help="an .onnx file, an MLflow model folder, a runs:/ or models:/ URI, or a run id")
     p.add_argument("images", nargs="+", help="image files, folders of images (any depth), glob patterns "
-                   "(quoted: 'photos/**/*.jpg'), or .parquet/.csv files with a path column; as many as you like")
+                   "(quoted: 'photos/**/*.jpg'), or .parquet/.csv files with a path column; as many as you like. "
+                   "A model of another modality reads what its plugin says (the tabular example: .csv/.parquet rows)")
     p.add_argument("--out", default="predictions.parquet", metavar="FILE", help="default predictions.parquet")
     p.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (default 5)")
     p.add_argument("--batch-size", type=_positive, default=256, metavar="N")
@@ -320,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default=None, help="print the address of this experiment's runs table")
     p.set_defaults(func=cmd_ui)
-    return parser
 
 
 def _seed_list(text: str) -> list[int]:
