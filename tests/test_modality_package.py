@@ -208,3 +208,35 @@ def test_an_image_augmentation_on_feature_vectors_is_a_located_error_before_anyt
     experiment = client.get_experiment_by_name("tabular")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
     assert [r.info.status for r in runs if r.info.status == "FAILED"] == []  # refused before any run began
+
+
+@pytest.mark.slow
+def test_a_source_of_a_modality_nobody_registered_is_a_located_error(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "mentor_audio_source").mkdir(parents=True)
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=69"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "mentor-audio-source"\nversion = "0.1.0"\n'
+        '[project.entry-points.mentor]\naudio_source = "mentor_audio_source"\n'
+        '[tool.setuptools]\npackages = ["mentor_audio_source"]\n')
+    (package / "mentor_audio_source" / "__init__.py").write_text(
+        "import torch\nimport mentor\n\n"
+        "def clips():\n"
+        "    x, y = torch.randn(40, 1, 160), torch.arange(40) % 2\n"
+        "    info = mentor.DataInfo(num_classes=2, in_channels=1, image_size=(), mean=(0.0,), std=(1.0,),\n"
+        "                           modality='audio')\n"
+        "    return mentor.DataBundle(mentor.ExampleSet(x, y), mentor.ExampleSet(x[:8], y[:8]), info)\n\n"
+        "@mentor.hookimpl\n"
+        "def register_data_sources(register):\n"
+        "    register('clips', clips)\n")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(package)], check=True, capture_output=True)
+    experiment = {"name": "audio", "data": {"source": "clips"}, "models": {"m": {"name": "small_cnn"}},
+                  "stages": [{"name": "train", "kind": "train", "model": "m"}]}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))
+    result = mentor_cli(site, "validate", "experiment.yaml", "--data", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "experiment.yaml:" in result.stderr and "data.source" in result.stderr
+    assert "modality 'audio', which no installed plugin registers (known: image)" in result.stderr
+    assert "Traceback" not in result.stderr
