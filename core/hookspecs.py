@@ -58,11 +58,12 @@ def register_losses(register):
 
 @hookspec
 def register_data_sources(register):
-    """Register labeled image datasets.
+    """Register labeled datasets.
 
     ``factory(**params) -> mentor.DataBundle``: the train and test sets as
-    ``mentor.ImageSet`` plus ``mentor.DataInfo`` (classes, channels, size,
-    mean/std). The core derives the validation, labeled and unlabeled splits
+    ``mentor.ImageSet`` (``mentor.ExampleSet``) plus ``mentor.DataInfo``
+    (classes, channels, size, mean/std, and the examples' ``modality``:
+    images unless it names another registered one). The core derives the validation, labeled and unlabeled splits
     from the train set, so a source only says what is on disk. A source that
     cannot find its files raises ``mentor.DataNotFound`` saying how to get them.
     """
