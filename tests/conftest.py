@@ -19,6 +19,47 @@ from mentor import DataBundle, DataInfo, ImageSet, Params, hookimpl
 from mentor.plugins import load_plugins
 
 
+def foreign_imports(folder, third_party: set[str]) -> list[str]:
+    """What the modules in ``folder`` import besides ``mentor`` itself, the standard library and
+    ``third_party``: a plugin package written against the public API has none (``mentor.<module>`` counts)."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    found = []
+    for path in sorted(Path(folder).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                if name != "mentor" and (top == "mentor" or not (top in third_party or top in
+                                                                   sys.stdlib_module_names)):
+                    found.append(f"{path.name} imports {name}")
+    return found
+
+
+def pip_install(package, target) -> None:
+    """A plugin package pip-installed (no dependencies) into ``target``, a folder that goes on the path: how a
+    third-party package under tests/packages reaches mentor, through its entry points."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(package)], check=True, capture_output=True)
+
+
+def mentor_with(site, *args, cwd):
+    """``mentor ARGS`` in a subprocess that sees the packages installed in ``site`` (``pip_install``)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "mentor.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd)
+
+
 def synthetic_images(n: int, seed: int, classes: int = 4, size: int = 8, channels: int = 1):
     """Class c is a bright square in quadrant c % 4 plus noise: learnable in a few steps."""
     g = torch.Generator().manual_seed(seed)

@@ -10,11 +10,8 @@ source and an MLP, written against `import mentor` only (docs/plugins.md,
 "A modality"). Nothing in mentor's core names it.
 """
 
-import ast
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +21,8 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import foreign_imports, mentor_with, pip_install
+
 PACKAGE = Path(__file__).parent / "packages" / "mentor-tabular"
 THIRD_PARTY = {"torch", "numpy", "polars", "pydantic"}
 CLASSES = ["setosa", "versicolor", "virginica"]
@@ -32,8 +31,7 @@ CLASSES = ["setosa", "versicolor", "virginica"]
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PACKAGE)], check=True, capture_output=True)
+    pip_install(PACKAGE, target)
     return target
 
 
@@ -46,22 +44,11 @@ def tabular(site, monkeypatch):
         sys.modules.pop(mod)
 
 
-def mentor_cli(site, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "mentor.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+mentor_cli = mentor_with
 
 
 def test_the_package_imports_nothing_of_mentor_but_its_public_package():
-    for path in sorted((PACKAGE / "mentor_tabular").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
-            for name in names:
-                top = name.split(".")[0]
-                assert name == "mentor" or (top != "mentor" and (top in THIRD_PARTY or top in
-                                                                 sys.stdlib_module_names)), f"{path.name}: {name}"
+    assert foreign_imports(PACKAGE / "mentor_tabular", THIRD_PARTY) == []
 
 
 def test_noise_augmentation_applies_its_draw_by_hand_and_rebuilds_the_same_view(tabular):
@@ -230,8 +217,7 @@ def test_a_source_of_a_modality_nobody_registered_is_a_located_error(tmp_path):
         "def register_data_sources(register):\n"
         "    register('clips', clips)\n")
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(package)], check=True, capture_output=True)
+    pip_install(package, site)
     experiment = {"name": "audio", "data": {"source": "clips"}, "models": {"m": {"name": "small_cnn"}},
                   "stages": [{"name": "train", "kind": "train", "model": "m"}]}
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))

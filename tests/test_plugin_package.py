@@ -6,13 +6,10 @@ a glob unlabeled source, an entropy selection, a mixup stage kind and a CSV
 callback, all written against `import mentor` only.
 """
 
-import ast
 import csv
 import importlib
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import synthetic_images
+from tests.conftest import foreign_imports, mentor_with, pip_install, synthetic_images
 
 PACKAGE = Path(__file__).parent / "packages" / "mentor-example"
 THIRD_PARTY = {"torch", "numpy", "polars", "pydantic"}  # what the example may import besides mentor
@@ -33,8 +30,7 @@ THIRD_PARTY = {"torch", "numpy", "polars", "pydantic"}  # what the example may i
 def site(tmp_path_factory):
     """The package pip-installed (no deps) into a folder that goes on the path."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PACKAGE)], check=True, capture_output=True)
+    pip_install(PACKAGE, target)
     return target
 
 
@@ -48,23 +44,11 @@ def example(site, monkeypatch):
         sys.modules.pop(mod)
 
 
-def mentor_cli(site, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "mentor.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+mentor_cli = mentor_with
 
 
 def test_the_example_imports_nothing_of_mentor_but_its_public_package():
-    for path in sorted((PACKAGE / "mentor_example").glob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
-            for name in names:
-                top = name.split(".")[0]
-                allowed = top in THIRD_PARTY or top in sys.stdlib_module_names
-                assert name == "mentor" or (top != "mentor" and allowed), f"{path.name} imports {name}"
+    assert foreign_imports(PACKAGE / "mentor_example", THIRD_PARTY) == []
 
 
 @pytest.mark.slow
