@@ -143,10 +143,7 @@ class ModelInput:
         modality's examples (no image size) are normalised as they are."""
         if len(self.size) != 2:
             return normalise(images, self.mean, self.std)
-        x = convert_batch(images, self.channels, self.size)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return x.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+        return normalise(convert_batch(images, self.channels, self.size), self.mean, self.std)
 
 
 class ModelBatches(Batches):

@@ -64,7 +64,7 @@ def run_steps(ctx, task: TrainTask, cfg: TrainingConfig, steps: int, runtime: Ru
     views = task.views.subset(rows) if task.views is not None else None  # each row keeps its recorded views
     recorder = NoRecorder()
     fit(dataclasses.replace(task, data=task.data.subset(rows), views=views), one_epoch, stage=f"bench/{ctx.stage.name}",
-        seed=ctx.seed, info=ctx.info, eval_sets={}, augment=ctx.augment_config(cfg),
+        seed=ctx.seed, info=ctx.info, eval_sets={}, augment=ctx.augmenter(cfg),
         runtime=runtime, checkpoint_path=checkpoint, recorder=recorder)
     checkpoint.unlink(missing_ok=True)
     return recorder.last

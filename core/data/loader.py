@@ -121,9 +121,7 @@ class Batches:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Raw examples to float32 model input (``normalise``)."""
-        if x.dtype == torch.uint8:
-            return x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        return x.to(torch.float32).sub(self.mean).div_(self.std)
+        return _normalised(x, self.mean, self.std)
 
     def batch_rows(self, order: torch.Tensor, i: int) -> torch.Tensor:
         """This rank's rows of step ``i`` of an epoch in ``order``."""
@@ -174,6 +172,11 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     shape = (1, -1, *(1,) * (x.ndim - 2))
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(shape)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(shape)
+    return _normalised(x, mean, std)
+
+
+def _normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``normalise`` with statistics already shaped for ``x``; a float input is never written to (a new tensor)."""
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0).sub_(mean).div_(std)
     return x.to(torch.float32).sub(mean).div_(std)

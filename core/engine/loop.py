@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config.schema import AugmentConfig, TrainingConfig
-from ..data.augment import BatchAugment
+from ..config.schema import TrainingConfig
 from ..data.loader import Batches
 from ..data.types import DataInfo, ImageSet
 from ..data.views import RecordedViews
@@ -134,15 +133,6 @@ def check_finite(nonfinite: torch.Tensor, steps: int, allowed: int, stage: str, 
             "Lower the learning rate, add warm-up, or use a smaller loss weight")
 
 
-def batch_augment(cfg: AugmentConfig | None) -> BatchAugment | None:
-    """An image augmentation config's ``BatchAugment`` (``ImageModality.augmenter``; another modality's
-    augmenter is handed to ``fit`` built)."""
-    if cfg is None:
-        return None
-    strong = (cfg.randaugment.num_ops, cfg.randaugment.magnitude) if cfg.randaugment else None
-    return BatchAugment(cfg.crop_padding, cfg.flip, strong)
-
-
 def seed_for(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**31)
 
@@ -175,7 +165,7 @@ class FitRun:
         self.train = Batches(
             task.data, cfg.batch_size, shuffle=True, drop_last=len(task.data) > cfg.batch_size * self.world,
             mean=info.mean, std=info.std, device=device, seed=self.seed,
-            augment=augment if hasattr(augment, "draw") else batch_augment(augment), rank=rank,
+            augment=augment, rank=rank,
             world_size=self.world, placement=runtime.data_placement, workers=runtime.loader_workers,
             views=task.views,
         )
@@ -330,7 +320,7 @@ def fit(
     seed: int,
     info: DataInfo,
     eval_sets: dict[str, ImageSet],
-    augment: AugmentConfig | BatchAugment | None,  # a config (images) or a modality's built augmenter
+    augment,  # the data's modality's augmenter (ctx.augmenter: draw + apply), or None
     runtime: Runtime,
     checkpoint_path: Path,
     recorder: Recorder | None = None,
